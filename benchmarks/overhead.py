@@ -1,0 +1,101 @@
+"""Trainer overhead: one epoch of `resumable.Trainer` against a hand-written PyTorch loop.
+
+Same model (a small MLP), same data, same seed, `torch.set_num_threads(1)`, progress bar and
+checkpointing off. The two contenders alternate, and the median of each is compared, so
+machine noise hits both alike. Prints the ratio (target: Trainer at most 1.03x).
+
+    python benchmarks/overhead.py [--runs 9] [--samples 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import resumable as rs
+
+
+def make_data(samples: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(samples, 32, generator=g), torch.randint(0, 10, (samples,), generator=g))
+
+
+def make_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
+def hand_written(data: TensorDataset, batch_size: int) -> float:
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+class Net(rs.Module):
+    def __init__(self, data: TensorDataset, batch_size: int):
+        super().__init__()
+        self.net = make_net()
+        self.data, self.batch_size = data, batch_size
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)
+
+
+def with_trainer(data: TensorDataset, batch_size: int, root: str) -> float:
+    model = Net(data, batch_size)
+    trainer = rs.Trainer(max_epochs=1, enable_progress_bar=False, checkpoint_callback=False, seed=0,
+                         default_root_dir=root, log_every_n_steps=50)
+    start = time.perf_counter()
+    trainer.fit(model)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    data = make_data(args.samples)
+    import tempfile
+
+    plain, ours = [], []
+    with tempfile.TemporaryDirectory() as root:
+        hand_written(data, args.batch_size), with_trainer(data, args.batch_size, root)  # warm up
+        for _ in range(args.runs):
+            plain.append(hand_written(data, args.batch_size))
+            ours.append(with_trainer(data, args.batch_size, root))
+    p, o = statistics.median(plain), statistics.median(ours)
+    batches = -(-args.samples // args.batch_size)
+    print(f"one epoch, {batches} batches of {args.batch_size}, {args.runs} alternating runs, medians:")
+    print(f"  hand-written loop  {p * 1e3:8.1f} ms  ({p / batches * 1e6:6.1f} us/batch)")
+    print(f"  resumable.Trainer  {o * 1e3:8.1f} ms  ({o / batches * 1e6:6.1f} us/batch)")
+    print(f"  ratio Trainer / hand-written: {o / p:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+../src/resumable/demo.py
