@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -221,6 +223,35 @@ def test_replacement_and_num_samples_give_the_requested_count():
     drawn = [x for _, b in values(ResumableLoader(make("num_samples"), seed=0).iter_epoch(0)) for x in b]
     assert len(drawn) == 2 * N + 3
     assert sorted(drawn[:N]) == [[float(i)] for i in range(N)]  # a whole permutation first
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    batch_size=st.integers(1, 9),
+    drop_last=st.booleans(),
+    replacement=st.booleans(),
+    extra=st.integers(-5, 30),
+    epoch=st.integers(0, 3),
+    data=st.data(),
+)
+def test_random_order_matches_randomsampler_semantics(n, batch_size, drop_last, replacement, extra, epoch, data):
+    dataset = Counting(n)
+    num_samples = max(1, n + extra)
+    sampler = RandomSampler(dataset, replacement=replacement, num_samples=num_samples)
+    loader = ResumableLoader(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last), seed=1)
+    full = values(loader.iter_epoch(epoch))
+    expected_batches = num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+    assert len(full) == loader.num_batches == expected_batches
+    assert all(len(b) == batch_size for _, b in full[:-1])
+    drawn = [int(x[0]) for _, b in full for x in b]
+    assert all(0 <= i < n for i in drawn)
+    if not replacement and not drop_last:
+        for lap in range(0, num_samples, n):  # each lap through the data is a permutation
+            chunk = drawn[lap : lap + n]
+            assert len(set(chunk)) == len(chunk)
+    k = data.draw(st.integers(0, len(full)))
+    assert values(loader.iter_epoch(epoch, k)) == full[k:]
 
 
 @pytest.mark.parametrize("kind", ["shuffle", "custom_stateful", "custom_batch_sampler", "no_batching"])
@@ -443,6 +474,8 @@ def test_stateful_iterable_refuses_a_position_that_does_not_match_its_state():
     resumed.load_state_dict(state)
     with pytest.raises(StateMismatchError, match="epoch 0, batch 1"):
         resumed.iter_epoch(0, 3)
+    with pytest.raises(StateMismatchError, match="num_workers: checkpoint 0, now 2"):
+        ResumableLoader(DataLoader(StatefulStream(), batch_size=4, num_workers=2), seed=0).load_state_dict(state)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

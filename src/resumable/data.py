@@ -376,17 +376,17 @@ class _RandomOrder:
     def length(self) -> int:
         return self._num_samples
 
-    def units(self, epoch: int) -> torch.Tensor:
+    def units(self, epoch: int) -> list[int]:
         generator = torch.Generator()
         generator.manual_seed(derive_seed(self._seed, _ORDER, epoch))
         if self._replacement:
             size = (self._num_samples,)
-            return torch.randint(self._n, size, dtype=torch.int64, generator=generator)
+            return torch.randint(self._n, size, dtype=torch.int64, generator=generator).tolist()
         rounds, rest = divmod(self._num_samples, self._n)
         parts = [torch.randperm(self._n, generator=generator) for _ in range(rounds)]
         if rest:
             parts.append(torch.randperm(self._n, generator=generator)[:rest])
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        return torch.cat(parts).tolist() if parts else []
 
     def facts(self) -> dict[str, Any]:
         kind = "random_with_replacement" if self._replacement else "random"

@@ -58,10 +58,10 @@ def test_every_truncation_is_detected():
         assert_corrupt(GOOD[:length])
 
 
-def test_a_bit_flip_at_every_byte_is_detected():
-    for position in range(len(GOOD)):
+def test_every_single_bit_flip_is_detected():
+    for bit in range(8 * len(GOOD)):
         blob = bytearray(GOOD)
-        blob[position] ^= 1 << (position % 8)
+        blob[bit // 8] ^= 1 << (bit % 8)
         assert_corrupt(bytes(blob))
 
 
@@ -203,13 +203,6 @@ def test_duplicate_json_keys_are_refused():
     text = json.dumps(header, separators=(",", ":"))
     duplicated = text[:-1] + ',"w":' + json.dumps(header["w"], separators=(",", ":")) + "}"
     assert_corrupt(forge_text(duplicated.encode(), data), "duplicate")
-
-
-def test_metadata_that_is_not_an_object_is_refused():
-    header, data = split_file(GOOD)
-    text = json.dumps(header, separators=(",", ":")).replace('"__metadata__":{', '"__metadata__":[{', 1)
-    text = text.replace('},"w":', '}],"w":', 1)
-    assert_corrupt(forge_text(text.encode(), data), "string-to-string")
 
 
 def test_header_not_utf8_is_refused():

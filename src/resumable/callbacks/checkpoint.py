@@ -82,6 +82,7 @@ class ModelCheckpoint(Callback):
         self.save_last = bool(save_last)
         self.save_weights_only = save_weights_only
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self._dirpath_given = self.dirpath  # state_key must not change when the default folder is filled in
         self.filename = filename
         triggered = bool(every_n_train_steps) or train_time_interval is not None
         self.schedule = SaveSchedule(every_n_train_steps=every_n_train_steps or 0,
@@ -102,7 +103,7 @@ class ModelCheckpoint(Callback):
         fields = {"monitor": self.monitor, "mode": self.mode, "every_n_train_steps": self.schedule.every_n_train_steps,
                   "every_n_epochs": self.schedule.every_n_epochs,
                   "train_time_interval": str(self.schedule.train_time_interval),
-                  "dirpath": str(self.dirpath) if self.dirpath else None,
+                  "dirpath": str(self._dirpath_given) if self._dirpath_given else None,
                   "filename": self.fixed_name or self.filename}
         return "ModelCheckpoint{" + ",".join(f"{k}={v}" for k, v in fields.items()) + "}"
 
@@ -114,7 +115,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, module: Module, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.schedule.step_due(trainer.global_step, self._seconds_since_save()):
+        last_step = self._last_position[0] if self._last_position else None
+        if self.schedule.step_due(trainer.global_step, last_step, self._seconds_since_save()):
             self._save(trainer, at_epoch_end=False)
 
     def on_train_epoch_end(self, trainer: Trainer, module: Module) -> None:
@@ -191,7 +193,8 @@ class ModelCheckpoint(Callback):
         return self._unclaimed(self.dirpath / name)
 
     def _format_name(self, template: str, trainer: Trainer) -> str:
-        values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                                  "batch": trainer.batch_in_epoch}
         values.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
         def field(match: re.Match[str]) -> str:

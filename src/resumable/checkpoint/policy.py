@@ -46,9 +46,11 @@ class SaveSchedule:
                 f"train_time_interval must be a positive datetime.timedelta, got {self.train_time_interval!r}"
             )
 
-    def step_due(self, global_step: int, seconds_since_save: float) -> bool:
-        """Is the end of the batch that made `global_step` a save point?"""
-        if self.every_n_train_steps and global_step > 0 and global_step % self.every_n_train_steps == 0:
+    def step_due(self, global_step: int, last_saved_step: int | None, seconds_since_save: float) -> bool:
+        """Is the end of this batch a save point? Step saves come once per optimizer step (not on
+        every batch of an accumulation window); the time trigger fires on any batch."""
+        if (self.every_n_train_steps and global_step > 0 and global_step != last_saved_step
+                and global_step % self.every_n_train_steps == 0):
             return True
         interval = self.train_time_interval
         return interval is not None and seconds_since_save >= interval.total_seconds()

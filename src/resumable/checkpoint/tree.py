@@ -247,16 +247,17 @@ def _sorted_if_possible(items: set | frozenset) -> list:
 class _Decoder:
     """Decodes one (possibly hostile) tree; records which tensors it used."""
 
+    # Method names, not bound methods: a dict of bound methods would make a reference cycle that
+    # keeps the tensors, and so a mapped file, alive until the garbage collector runs.
+    _MARKERS = {"$tensor": "_tensor", "$ndarray": "_ndarray", "$npscalar": "_npscalar",
+                "$float": "_float", "$dict": "_dict", "$tuple": "_tuple", "$set": "_set",
+                "$frozenset": "_frozenset", "$size": "_size", "$dtype": "_dtype",
+                "$timedelta": "_timedelta", "$path": "_path", "$enum": "_enum",
+                "$dataclass": "_dataclass"}
+
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.tensors = tensors
         self.used: set[str] = set()
-        self._markers: dict[str, Callable[[Any, str], Any]] = {
-            "$tensor": self._tensor, "$ndarray": self._ndarray, "$npscalar": self._npscalar,
-            "$float": self._float, "$dict": self._dict, "$tuple": self._sequence(tuple),
-            "$set": self._sequence(set), "$frozenset": self._sequence(frozenset),
-            "$size": self._size, "$dtype": self._dtype, "$timedelta": self._timedelta,
-            "$path": self._path, "$enum": self._enum, "$dataclass": self._dataclass,
-        }
 
     def decode(self, node: Any, path: str) -> Any:
         if node is None or type(node) in (bool, int, float, str):
@@ -267,10 +268,10 @@ class _Decoder:
             raise _malformed(path, f"unexpected {type(node).__name__}")
         if not any(k.startswith("$") for k in node):
             return {k: self.decode(v, f"{path}/{k}") for k, v in node.items()}
-        if len(node) != 1 or next(iter(node)) not in self._markers:
+        if len(node) != 1 or next(iter(node)) not in self._MARKERS:
             raise _malformed(path, f"unknown marker keys {sorted(node)[:3]}")
         marker, payload = next(iter(node.items()))
-        return self._markers[marker](payload, path)
+        return getattr(self, self._MARKERS[marker])(payload, path)
 
     def _tensor(self, name: Any, path: str) -> torch.Tensor:
         if type(name) is not str:
@@ -320,16 +321,25 @@ class _Decoder:
             out[key] = self.decode(value_node, f"{path}/{key}")
         return out
 
-    def _sequence(self, kind: type) -> Callable[[Any, str], Any]:
-        def decode(items: Any, path: str) -> Any:
-            if type(items) is not list:
-                raise _malformed(path, f"a {kind.__name__} that is not a list")
-            values = [self.decode(v, f"{path}/{i}") for i, v in enumerate(items)]
-            if kind is not tuple:
-                for value in values:
-                    _require_hashable(value, path)
-            return kind(values)
-        return decode
+    def _tuple(self, items: Any, path: str) -> tuple:
+        return tuple(self._items(items, path, "tuple"))
+
+    def _set(self, items: Any, path: str) -> set:
+        return set(self._hashable_items(items, path, "set"))
+
+    def _frozenset(self, items: Any, path: str) -> frozenset:
+        return frozenset(self._hashable_items(items, path, "frozenset"))
+
+    def _items(self, items: Any, path: str, kind: str) -> list:
+        if type(items) is not list:
+            raise _malformed(path, f"a {kind} that is not a list")
+        return [self.decode(v, f"{path}/{i}") for i, v in enumerate(items)]
+
+    def _hashable_items(self, items: Any, path: str, kind: str) -> list:
+        values = self._items(items, path, kind)
+        for value in values:
+            _require_hashable(value, path)
+        return values
 
     def _size(self, dims: Any, path: str) -> torch.Size:
         if not _is_sizes(dims):
