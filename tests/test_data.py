@@ -368,6 +368,8 @@ def test_persistent_workers_follow_the_plan_across_epochs():
     dl = DataLoader(Augmenting(), batch_size=4, shuffle=True, num_workers=2, persistent_workers=True)
     loader = ResumableLoader(dl, seed=4)
     reference = ResumableLoader(make("shuffle", dataset=Augmenting(), num_workers=2), seed=4)
+    abandoned = loader.iter_epoch(0)
+    next(abandoned)  # a trainer stopping mid-epoch leaves work queued in the persistent workers
     for epoch, start in [(0, 0), (0, 2), (1, 0), (1, 4)]:
         assert values(loader.iter_epoch(epoch, start)) == values(reference.iter_epoch(epoch, start))
 
@@ -399,6 +401,58 @@ def test_stateful_sampler_resumes_at_a_later_epoch_start():
     resumed = ResumableLoader(make("custom_stateful"), seed=0)
     resumed.load_state_dict(state)
     assert [values(resumed.iter_epoch(e)) for e in (1, 2)] == expected
+
+
+class Keyed(Dataset):
+    """Indexed by string keys; each sample carries noise from the global torch RNG."""
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.tensor([float(key[1:]), torch.rand(()).item()])
+
+
+class KeySampler(Sampler):
+    """Yields string keys, in an order set by set_epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter([f"k{(i * 5 + self.epoch) % 11}" for i in range(11)])
+
+    def __len__(self) -> int:
+        return 11
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_custom_keys_and_custom_batch_sampler_with_workers(num_workers):
+    keyed = ResumableLoader(DataLoader(Keyed(), batch_size=2, sampler=KeySampler(), num_workers=num_workers), seed=0)
+    pairs = ResumableLoader(make("custom_batch_sampler", num_workers=num_workers), seed=0)
+    for loader in (keyed, pairs):
+        full = values(loader.iter_epoch(1))
+        tail = values(loader.iter_epoch(1, 2))
+        assert [[x[0] for x in b] for _, b in tail] == [[x[0] for x in b] for _, b in full[2:]]
+        if num_workers:  # workers seed each sample from (seed, epoch, key): the noise repeats too
+            assert tail == full[2:]
+    assert [x[0] for _, b in values(keyed.iter_epoch(0)) for x in b] == [float((i * 5) % 11) for i in range(11)]
+
+
+def test_sampler_yielding_arrays_and_tensors():
+    class ArrayBatches(Sampler):
+        def __iter__(self):
+            return iter([np.arange(i, i + 3) for i in range(0, 21, 3)] + [torch.tensor([21, 22])])
+
+        def __len__(self) -> int:
+            return 8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = ResumableLoader(DataLoader(Counting(), batch_sampler=ArrayBatches()), seed=0)
+        full = values(loader.iter_epoch(0))
+    assert full[-1] == (7, [[21.0], [22.0]])
+    assert values(loader.iter_epoch(0, 5)) == full[5:]
 
 
 # ---------------------------------------------------------------- iterable datasets

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-__all__ = ["TrainerConfig", "DEFAULT_MAX_EPOCHS"]
+__all__ = ["TrainerConfig", "DEFAULT_MAX_EPOCHS", "DEFAULT_PREEMPTION_SIGNALS"]
 
 DEFAULT_MAX_EPOCHS = 1000  # as Lightning: used when neither max_epochs nor max_steps is given
 
@@ -17,6 +18,10 @@ _PRECISIONS = {
     "16-mixed": "16-mixed", "16": "16-mixed", 16: "16-mixed",
 }
 _ACCELERATORS = ("cpu", "cuda", "gpu", "auto")
+# SIGUSR1 is what SLURM and many schedulers send ahead of a time limit; it is absent on Windows.
+DEFAULT_PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT")
+                                   if hasattr(signal, name))
+_UNCATCHABLE = {getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name)}
 
 
 @dataclass
@@ -39,6 +44,9 @@ class TrainerConfig:
     enable_checkpointing: bool = True
     log_every_n_steps: int = 50
     default_root_dir: str | os.PathLike[str] = "runs"
+    preemption_signals: tuple[int, ...] = DEFAULT_PREEMPTION_SIGNALS
+    emergency_checkpoint: bool = True
+    on_save_error: str = "raise"
 
     def __post_init__(self) -> None:
         self.max_steps = -1 if self.max_steps is None else self.max_steps
@@ -82,11 +90,32 @@ class TrainerConfig:
                                       or not 0 <= self.seed < 2**63):
             raise ConfigurationError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         _int_at_least("log_every_n_steps", self.log_every_n_steps, 1)
+        self.preemption_signals = _signals(self.preemption_signals)
+        if not isinstance(self.emergency_checkpoint, bool):
+            raise ConfigurationError(f"emergency_checkpoint must be True or False, got {self.emergency_checkpoint!r}")
+        if self.on_save_error not in ("raise", "warn"):
+            raise ConfigurationError(
+                f"on_save_error must be 'raise' (stop training) or 'warn' (warn and keep training), "
+                f"got {self.on_save_error!r}"
+            )
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _signals(value: object) -> tuple[signal.Signals, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise ConfigurationError(f"preemption_signals must be a tuple of signals (() for none), got {value!r}")
+    valid = signal.valid_signals()
+    for sig in value:
+        if isinstance(sig, bool) or not isinstance(sig, int) or sig not in valid or sig in _UNCATCHABLE:
+            raise ConfigurationError(
+                f"preemption_signals: {sig!r} is not a signal that can be caught; give signal.SIGTERM, "
+                "signal.SIGUSR1, signal.SIGINT, ... (SIGKILL and SIGSTOP cannot be caught)"
+            )
+    return tuple(signal.Signals(sig) for sig in dict.fromkeys(value))
 
 
 def _check_limit(name: str, value: object) -> None:

@@ -29,7 +29,7 @@ from torch.utils.data import (
 from resumable.errors import CheckpointVersionError, ConfigurationError, StateMismatchError
 from resumable.rng import derive_seed, isolated_rng, seed_global_generators, validate_seed
 
-__all__ = ["ResumableLoader", "STATE_VERSION"]
+__all__ = ["ResumableLoader", "SeededDataset", "STATE_VERSION"]
 
 #: Version of the layout :meth:`ResumableLoader.state_dict` returns.
 STATE_VERSION = 1
@@ -158,11 +158,13 @@ class ResumableLoader:
             )
         _check_same("kind", state["kind"], self._source.kind)
         _check_facts(state["facts"], self._source.facts())
-        workers_now = getattr(self.dataloader, "num_workers", 0)
-        if (state["num_workers"] > 0) != (workers_now > 0) and self._source.kind == "map":
+        workers_now, workers_saved = getattr(self.dataloader, "num_workers", 0), state["num_workers"]
+        if not isinstance(workers_saved, int):
+            raise StateMismatchError(f"Saved num_workers must be an int, found {workers_saved!r:.100}.")
+        if (workers_saved > 0) != (workers_now > 0) and self._source.kind == "map":
             self._warn_once(
                 "workers",
-                f"The checkpoint was written with num_workers={state['num_workers']}, this "
+                f"The checkpoint was written with num_workers={workers_saved}, this "
                 f"loader has num_workers={workers_now}: random augmentation in __getitem__ will "
                 "differ from the original run (workers seed per sample, the main process uses "
                 "the global RNG). Use the original num_workers for an exact resume.",
@@ -187,13 +189,16 @@ class _WarnOnce:
 class _PlanSampler:
     """Yields the units (batches or single indices) of one epoch's order, from a start batch.
 
-    ``units`` is a list, a range or an int64 tensor (the compact forms keep a large dataset's
-    order small). With workers, each index becomes ``(epoch, index)`` so that the worker can seed
-    from it. ``iter()`` captures the current plan, so a later plan does not change it.
+    ``units`` is a list or a range of indices, batched here by ``batch_size``; or, when
+    ``batch_size`` is None, the units themselves: whole batches if ``batched_units`` (a custom
+    batch sampler), else single indices (no auto-collation). With workers, each index becomes
+    ``(epoch, index)`` so that the worker can seed from it. ``iter()`` captures the current
+    plan, so a later plan does not change an iterator already made.
     """
 
     def __init__(self) -> None:
         self.units: Any = []
+        self.batched_units = False
         self.batch_size: int | None = None
         self.drop_last = False
         self.start = 0
@@ -212,28 +217,23 @@ class _PlanSampler:
 
     def __iter__(self) -> Iterator[Any]:
         if self.batch_size is None:
-            return _iter_units(self.units, self.start, self.tag_epoch)
+            return _iter_units(self.units, self.start, self.tag_epoch, self.batched_units)
         stop = self.num_units(len(self.units)) * self.batch_size
         return _iter_batches(self.units, self.batch_size, self.start, stop, self.tag_epoch)
 
 
-def _iter_units(units: Any, start: int, epoch: int | None) -> Iterator[Any]:
-    rest = units[start:]
-    for unit in rest.tolist() if isinstance(rest, torch.Tensor) else rest:
-        yield unit if epoch is None else _tag(unit, epoch)
+def _iter_units(units: Any, start: int, epoch: int | None, batched: bool) -> Iterator[Any]:
+    for unit in units[start:]:
+        if epoch is None:
+            yield unit
+        else:
+            yield [(epoch, i) for i in unit] if batched else (epoch, unit)
 
 
 def _iter_batches(units: Any, size: int, start: int, stop: int, epoch: int | None) -> Iterator[Any]:
-    to_list = torch.Tensor.tolist if isinstance(units, torch.Tensor) else list
     for begin in range(start * size, stop, size):
-        batch = to_list(units[begin : begin + size])
+        batch = list(units[begin : begin + size])
         yield batch if epoch is None else [(epoch, i) for i in batch]
-
-
-def _tag(unit: Any, epoch: int) -> Any:
-    if isinstance(unit, (list, tuple)):
-        return [(epoch, i) for i in unit]
-    return (epoch, unit)
 
 
 class SeededDataset(Dataset):
@@ -282,7 +282,8 @@ class _MapSource:
             self._plan.drop_last = batch_sampler.drop_last
         else:
             order_source = batch_sampler
-        self._order = _make_order(order_source, dl.dataset, seed, warn)
+            self._plan.batched_units = True
+        self._order = _make_order(order_source, seed, warn)
         self._dataset_len = _len_or_none(dl.dataset)
         self._workers = dl.num_workers > 0
         dataset = SeededDataset(dl.dataset, seed) if self._workers else dl.dataset
@@ -336,7 +337,7 @@ class _MapSource:
         self._cached = None
 
 
-def _make_order(source: Any, dataset: Any, seed: int, warn: Any) -> Any:
+def _make_order(source: Any, seed: int, warn: Any) -> Any:
     if type(source) is SequentialSampler:
         return _SequentialOrder(len(source))
     if type(source) is RandomSampler:
@@ -472,6 +473,11 @@ class _CustomOrder:
         return self._snapshot
 
     def load(self, state: dict[str, Any] | None) -> None:
+        if state is not None and (not isinstance(state, dict) or set(state) != {"epoch", "state"}):
+            raise StateMismatchError(
+                f"The saved sampler state must be {{'epoch', 'state'}}, found {state!r:.200}; "
+                "the checkpoint is damaged."
+            )
         if state is not None and not self._stateful:
             raise StateMismatchError(
                 f"The checkpoint holds a sampler state, but sampler {self._name} has no "
@@ -481,12 +487,12 @@ class _CustomOrder:
 
 
 def _plain(unit: Any) -> Any:
-    if isinstance(unit, torch.Tensor):
-        return unit.tolist()
-    if isinstance(unit, (list, tuple)):
+    """Tensors and NumPy scalars as Python values, so that orders compare; other keys as they are."""
+    if isinstance(unit, list):
         return [_plain(u) for u in unit]
-    if hasattr(unit, "item") and getattr(unit, "ndim", None) == 0:
-        return unit.item()
+    ndim = getattr(unit, "ndim", None)
+    if ndim is not None and hasattr(unit, "tolist"):  # torch tensors, NumPy arrays and scalars
+        return unit.tolist()
     return unit
 
 

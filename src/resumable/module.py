@@ -71,7 +71,10 @@ class Module(nn.Module):
 
     # --- hyperparameters --------------------------------------------------------------------
     def save_hyperparameters(self, *names: str, ignore: list[str] | str | None = None) -> None:
-        """Record the calling `__init__`'s arguments into `self.hparams`.
+        """Record the arguments of the `__init__`s that built `self` into `self.hparams`.
+
+        The arguments of a subclass's `__init__` and of its parents' (as far as they are running
+        on `self`) are merged, the subclass's winning.
 
         With `names`, only those arguments are kept; `ignore` drops some (e.g. a large tensor).
         The trainer writes them into the run folder and every checkpoint, and
@@ -80,11 +83,17 @@ class Module(nn.Module):
         """
         frame = inspect.currentframe()
         assert frame is not None and frame.f_back is not None
-        caller = frame.f_back
+        # Every __init__ running on self, parent's first: a subclass's arguments override its parent's.
+        caller, inits = frame.f_back, []
+        while caller is not None and caller.f_code.co_name == "__init__" and caller.f_locals.get("self") is self:
+            inits.append(caller)
+            caller = caller.f_back
+        init_args: dict[str, Any] = {}
         try:
-            init_args = _frame_arguments(caller)
+            for init in inits:
+                init_args.update(_frame_arguments(init))
         finally:
-            del frame, caller
+            del frame, caller, inits
         if names:
             unknown = [n for n in names if n not in init_args]
             if unknown:
@@ -190,6 +199,9 @@ class Module(nn.Module):
         checkpoint = load_checkpoint(checkpoint_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.update(overrides)
+        accepted = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+            hparams = {k: v for k, v in hparams.items() if k in accepted}  # a parent's, not cls's
         try:
             model = cls(**hparams)
         except TypeError as err:

@@ -21,7 +21,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from resumable.checkpoint.format import read_checkpoint, read_header, verify_checkpoint, write_checkpoint
+from resumable.checkpoint.format import (
+    read_checkpoint,
+    read_header,
+    verify_checkpoint,
+    write_checkpoint,
+)
 from resumable.errors import CheckpointCorruptError
 
 from .test_format import encode_file, rewrite_header, split_file
@@ -116,7 +121,8 @@ def test_pickles_are_refused_and_never_run(tmp_path, kind):
         path.write_bytes(pickle.dumps(Evil(str(marker))))
     else:
         torch.save(payload, path, _use_new_zipfile_serialization=(kind == "torch.save zip"))
-    with pytest.raises(CheckpointCorruptError, match="torch.save \\(pickle\\).*never unpickles") as caught:
+    refusal = "torch.save \\(pickle\\).*never unpickles"
+    with pytest.raises(CheckpointCorruptError, match=refusal) as caught:
         read_checkpoint(path)
     assert str(path) in str(caught.value)
     with pytest.raises(CheckpointCorruptError):

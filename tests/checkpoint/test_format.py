@@ -7,9 +7,12 @@ hostile files whose checksums are right.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
+import os
+import pathlib
 import random
 import struct
 import zlib
@@ -36,7 +39,7 @@ from resumable.errors import (
     UnsupportedStateError,
 )
 
-from .test_tree import assert_same
+from .test_tree import ARRAYS, TENSORS, assert_same
 
 PREFIX = b'{"__metadata__":{"header_crc32":"'
 
@@ -59,16 +62,21 @@ def split_file(blob: bytes) -> tuple[dict, bytes]:
 
 
 def rewrite_header(blob: bytes, edit: Callable[[dict], object]) -> bytes:
-    """`blob` with `edit` applied to its parsed header, checksum recomputed: a deliberate forgery."""
+    """`blob` with `edit` applied to its parsed header, checksum recomputed: a forgery."""
     header, data = split_file(blob)
     edit(header)
     return encode_file(header, data)
 
 
+def make_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                               torch.nn.Linear(8, 2))
+
+
 def trained_state() -> dict:
     """A realistic state: model, Adam after two steps, StepLR, every RNG, counters, a summary."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     for _ in range(2):
@@ -107,7 +115,7 @@ def test_realistic_state_round_trips_through_a_file(tmp_path):
 def test_restored_state_loads_into_fresh_objects_and_continues_identically(tmp_path):
     state = trained_state()
     back = read_checkpoint(checkpoint_bytes(state))
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    model = make_model()
     model.load_state_dict(back["state_dict"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     optimizer.load_state_dict(back["optimizer_states"][0])
@@ -124,6 +132,18 @@ def test_restored_state_loads_into_fresh_objects_and_continues_identically(tmp_p
     assert draws == (random.random(), np.random.rand(), torch.rand(1).item())
 
 
+def test_every_dtype_shape_and_array_round_trips_through_a_file(tmp_path):
+    state = {"tensors": dict(TENSORS), "arrays": dict(ARRAYS)}
+    path = tmp_path / "all.ckpt"
+    path.write_bytes(checkpoint_bytes(state))
+    back = read_checkpoint(path)
+    for key, tensor in TENSORS.items():
+        assert_same(back["tensors"][key], tensor.detach().contiguous().as_subclass(torch.Tensor))
+    for key, array in ARRAYS.items():
+        restored = back["arrays"][key]
+        assert restored.dtype == array.dtype and np.array_equal(restored, array)
+
+
 def test_plain_safetensors_reads_the_model_weights_under_their_names(tmp_path):
     state = trained_state()
     path = tmp_path / "a.ckpt"
@@ -138,12 +158,13 @@ def test_plain_safetensors_reads_the_model_weights_under_their_names(tmp_path):
 
 
 def test_tensors_are_aligned_to_their_itemsize_in_the_file():
-    header, _ = split_file(checkpoint_bytes())
-    length = len(checkpoint_bytes()) - len(_)
+    blob = checkpoint_bytes()
+    header, data = split_file(blob)
+    data_start = len(blob) - len(data)
+    itemsizes = {"F64": 8, "I64": 8, "F32": 4, "BF16": 2, "U8": 1}
     for name, info in header.items():
         if name != "__metadata__":
-            itemsize = torch.empty(0, dtype=ckpt_format._DTYPES[info["dtype"]]).element_size()
-            assert (length + info["data_offsets"][0]) % itemsize == 0, name
+            assert (data_start + info["data_offsets"][0]) % itemsizes[info["dtype"]] == 0, name
 
 
 def test_mapped_tensors_are_writable_correct_and_never_write_back(tmp_path):
@@ -198,7 +219,8 @@ def test_read_header_lists_without_reading_tensor_data():
 
 def test_header_fields_are_none_when_the_state_has_none():
     info = read_header(checkpoint_bytes({"x": 1}))
-    assert (info["global_step"], info["epoch"], info["summary"], info["tensors"]) == (None, None, None, {})
+    fields = (info["global_step"], info["epoch"], info["summary"], info["tensors"])
+    assert fields == (None, None, None, {})
 
 
 def test_verify_false_skips_tensor_checksums_only():
@@ -222,10 +244,11 @@ def test_a_missing_path_is_a_storage_error(tmp_path):
 
 
 def test_a_newer_format_asks_to_upgrade():
+    newer = FORMAT_VERSION + 1
     blob = rewrite_header(checkpoint_bytes({"x": 1}),
-                          lambda h: h["__metadata__"].update(format_version=str(FORMAT_VERSION + 1)))
-    with pytest.raises(CheckpointVersionError, match=f"newer resumable \\(format {FORMAT_VERSION + 1}\\)"
-                       f".*up to format {FORMAT_VERSION}: upgrade"):
+                          lambda h: h["__metadata__"].update(format_version=str(newer)))
+    expected = f"newer resumable \\(format {newer}\\).*up to format {FORMAT_VERSION}: upgrade"
+    with pytest.raises(CheckpointVersionError, match=expected):
         read_checkpoint(blob, name="new.ckpt")
 
 
@@ -253,3 +276,19 @@ def test_written_bytes_follow_the_documented_layout():
     assert json.loads(meta["tree"]) == {"global_step": 3, "t": {"$tensor": "#t"}}
     assert meta["tensor_crc32"] == "%08x" % zlib.crc32(data)
     assert encode_file(header, data) == blob  # the header checksum is as documented
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_the_file_is_unmapped_as_soon_as_the_state_is_dropped(tmp_path):
+    # Retention deletes old checkpoints; a map kept alive by a reference cycle would hold their
+    # disk space until the garbage collector happens to run.
+    path = tmp_path / "mapped.ckpt"
+    path.write_bytes(checkpoint_bytes({"t": torch.ones(3), "d": {1: (2,)}}))
+    gc.disable()
+    try:
+        state = read_checkpoint(path)
+        assert str(path) in pathlib.Path("/proc/self/maps").read_text()
+        del state
+        assert str(path) not in pathlib.Path("/proc/self/maps").read_text()
+    finally:
+        gc.enable()

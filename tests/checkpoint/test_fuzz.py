@@ -1,9 +1,10 @@
-"""Fuzzing: any mutation of a valid checkpoint reads back exactly or raises CheckpointError.
+"""Fuzzing: damaged or forged checkpoints raise CheckpointError and nothing else.
 
-Two kinds of mutation: blind byte damage (flips, truncations, splices, insertions, deletions),
-which the checksums must catch, and forged headers with correct checksums (shapes, offsets, dtypes,
-names and tree text edited), which the validation behind the checksums must catch. Anything else
-escaping — IndexError, ValueError, a crash — fails the test.
+Blind byte damage (flips, truncations, splices, insertions, deletions) must read back exactly or
+raise CheckpointError: the checksums catch it. Forged headers with correct checksums (shapes,
+offsets, dtypes, names, metadata and tree edited) can describe another valid checkpoint (an I16
+tensor relabelled BF16 is one), so for them the contract is "a state or CheckpointError": the
+validation behind the checksums must stop every IndexError, ValueError or crash.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ from .test_tree import assert_same
 
 ORIGINAL = read_checkpoint(GOOD)
 HEADER, _ = split_file(GOOD)
-NAMES = sorted(HEADER)
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+NAMES = sorted(name for name in HEADER if name != "__metadata__")
+FUZZ = settings(max_examples=1000, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-def check(blob: bytes) -> None:
-    """The contract: the exact state back, or a CheckpointError; never anything else."""
+def check(blob: bytes, *, exact: bool = True) -> None:
+    """The contract: a state (the original one if `exact`) or a CheckpointError naming the file."""
     try:
         read_header(blob, name="fuzz.ckpt")
         state = read_checkpoint(blob, name="fuzz.ckpt")
     except CheckpointError as err:
         assert "fuzz.ckpt" in str(err)
         return
-    assert_same(state, ORIGINAL)
+    if exact:
+        assert_same(state, ORIGINAL)
+    else:
+        assert isinstance(state, dict)
 
 
 positions = st.integers(0, len(GOOD) - 1)
@@ -78,21 +82,22 @@ def test_blind_byte_damage(mutations):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.text(max_size=4), inner, max_size=3)),
     max_leaves=8,
 )
 entry_fields = st.sampled_from(["dtype", "shape", "data_offsets"])
 header_edit = st.one_of(
-    st.tuples(st.just("field"), st.sampled_from(NAMES[1:]), entry_fields, json_values),
-    st.tuples(st.just("offsets"), st.sampled_from(NAMES[1:]), st.integers(-8, 64), st.integers(-8, 64)),
-    st.tuples(st.just("shape"), st.sampled_from(NAMES[1:]), st.lists(st.integers(-2, 2**40), max_size=4),
-              st.none()),
-    st.tuples(st.just("dtype"), st.sampled_from(NAMES[1:]),
+    st.tuples(st.just("field"), st.sampled_from(NAMES), entry_fields, json_values),
+    st.tuples(st.just("offsets"), st.sampled_from(NAMES), st.integers(-8, 64), st.integers(-8, 64)),
+    st.tuples(st.just("shape"), st.sampled_from(NAMES),
+              st.lists(st.integers(-2, 2**40), max_size=4), st.none()),
+    st.tuples(st.just("dtype"), st.sampled_from(NAMES),
               st.sampled_from(["F32", "I16", "BF16", "BOOL", "U8", "F64", "C64", "X"]), st.none()),
-    st.tuples(st.just("rename"), st.sampled_from(NAMES[1:]), st.text(max_size=6), st.none()),
+    st.tuples(st.just("rename"), st.sampled_from(NAMES), st.text(max_size=6), st.none()),
     st.tuples(st.just("drop"), st.sampled_from(NAMES), st.none(), st.none()),
-    st.tuples(st.just("meta"), st.sampled_from(sorted(HEADER["__metadata__"])), st.text(max_size=30),
-              st.none()),
+    st.tuples(st.just("meta"), st.sampled_from(sorted(HEADER["__metadata__"])),
+              st.text(max_size=30), st.none()),
     st.tuples(st.just("tree"), st.none(), json_values, st.none()),
 )
 
@@ -125,11 +130,10 @@ def forge(header: dict, edit: tuple) -> None:
 @given(st.lists(header_edit, min_size=1, max_size=3))
 def test_forged_headers_with_right_checksums(edits):
     def edit_all(header: dict) -> None:
-        header.setdefault("__metadata__", {})
         for edit in edits:
             forge(header, edit)
 
-    check(rewrite_header(GOOD, edit_all))
+    check(rewrite_header(GOOD, edit_all), exact=False)
 
 
 def test_the_fuzz_target_has_the_tensors_it_mutates():

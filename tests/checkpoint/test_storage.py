@@ -6,12 +6,13 @@ tests rely on is held to the same behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
+import stat
 import subprocess
 import sys
-import uuid
 
 import pytest
 import torch
@@ -45,7 +46,8 @@ class Backend:
         """Everything in the folder, temporaries included."""
         if self.kind == "local":
             return sorted(os.listdir(self.folder))
-        return sorted(p.rsplit("/", 1)[1] for p in self.storage.files if p.startswith(self.folder + "/"))
+        prefix = self.folder + "/"
+        return sorted(p[len(prefix):] for p in self.storage.files if p.startswith(prefix))
 
     def plant(self, name: str, data: bytes) -> None:
         """Put a file in place the way a killed writer would have left it."""
@@ -204,11 +206,19 @@ def test_a_read_only_folder_refuses_writes(tmp_path):
 def test_the_file_and_then_the_folder_are_fsynced_around_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(
-        f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     LocalStorage().write_atomic(tmp_path / "a.ckpt", lambda f: f.write(b"x"))
-    assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+    assert events == ["fsync file", "rename", "fsync folder"]
 
 
 def test_map_file_refuses_what_is_not_a_regular_file(tmp_path):
@@ -226,12 +236,11 @@ def test_checkpoints_round_trip_through_memory_storage():
     assert state["t"].tolist() == [1.0, 1.0]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs: a real file system that runs out of space."""
-    folder = tmp_path / "tiny"
+@contextlib.contextmanager
+def mounted_tmpfs(folder, options: str):
+    """A real, small file system at `folder`; skips the test where mounting is not allowed."""
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
@@ -239,7 +248,23 @@ def tiny_disk(tmp_path):
         yield folder
     finally:
         gc.collect()  # a failing test's traceback may still hold a mapped file
-        subprocess.run(["umount", str(folder)], check=True)
+        if subprocess.run(["umount", str(folder)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)
+            pytest.fail("the tmpfs was still busy: something kept a checkpoint file open")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MiB tmpfs: a real file system that runs out of space."""
+    with mounted_tmpfs(tmp_path / "tiny", "size=2M") as folder:
+        yield folder
+
+
+def test_a_read_only_file_system_refuses_writes(tmp_path):
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1M") as folder:
+        with pytest.raises(StorageError, match="read-only") as caught:
+            LocalStorage().write_atomic(folder / "a.ckpt", lambda f: f.write(b"x"))
+        assert caught.value.errno == errno.EROFS and str(folder / "a.ckpt") in str(caught.value)
 
 
 def test_a_real_full_disk_fails_cleanly_and_keeps_the_first_checkpoint(tiny_disk):

@@ -64,7 +64,13 @@ def find_resume_checkpoint(trainer: Trainer, ckpt_path: str | os.PathLike[str] |
     A damaged candidate is skipped with a warning naming it; the next newest is used.
     """
     if ckpt_path is not None and ckpt_path not in ("last", "best"):
-        return load_checkpoint(ckpt_path), os.fspath(ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        if "trainer" not in checkpoint:
+            raise CheckpointError(
+                f"{ckpt_path} holds weights only (save_weights_only=True), so training cannot resume from it; "
+                "use Module.load_from_checkpoint(path) to get the model, or resume from a full checkpoint"
+            )
+        return checkpoint, os.fspath(ckpt_path)
     folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
     folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None}
     for folder in folders:

@@ -6,10 +6,10 @@ Byte layout (exactly safetensors, so ``safetensors.torch.load_file`` reads the w
 
 The header is ``{"__metadata__": {...}, "<tensor name>": {"dtype", "shape", "data_offsets"}, ...}``
 and always starts with ``{"__metadata__":{"header_crc32":"xxxxxxxx",`` — the CRC32 of the whole
-padded header with those eight hex digits read as ``00000000``. The metadata also holds ``format``
-(``"resumable"``), ``format_version``, the JSON ``tree`` of `resumable.checkpoint.tree`, the optional
-``global_step``/``epoch``/``summary`` (JSON text, for listing checkpoints cheaply), and
-``tensor_crc32``: the CRC32 of each tensor's bytes, in data order, comma separated.
+padded header with those eight hex digits read as ``00000000``. The metadata also holds
+``format`` (``"resumable"``), ``format_version``, the JSON ``tree`` of `resumable.checkpoint.tree`,
+the optional ``global_step``/``epoch``/``summary`` (JSON text, for listing checkpoints cheaply),
+and ``tensor_crc32``: the CRC32 of each tensor's bytes, in data order, comma separated.
 ``docs/format.md`` is the full specification.
 
 Safety: nothing is ever unpickled or imported, and every length, offset and shape is checked
@@ -97,9 +97,10 @@ def write_checkpoint(file: BinaryIO, state: dict) -> None:
     names = sorted(tensors, key=lambda n: -tensors[n].element_size())
     entries, offset = {}, 0
     for name in names:
-        nbytes = tensors[name].numel() * tensors[name].element_size()
-        entries[name] = {"dtype": TENSOR_DTYPES[tensors[name].dtype],
-                         "shape": list(tensors[name].shape), "data_offsets": [offset, offset + nbytes]}
+        tensor = tensors[name]
+        nbytes = tensor.numel() * tensor.element_size()
+        entries[name] = {"dtype": TENSOR_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     metadata = {"format": "resumable", "format_version": str(FORMAT_VERSION), **_summary(state),
                 "tree": json.dumps(tree, allow_nan=False, separators=(",", ":"))}
@@ -257,8 +258,10 @@ def _parse(buffer: Any, name: str) -> _Layout:
 
 def _pickle_hint(buffer: Any) -> str | None:
     """What to say when the bytes are a torch.save file (a zip archive or a raw pickle)."""
-    start = bytes(buffer[:2])
-    if bytes(buffer[:4]) == b"PK\x03\x04" or start[:1] == b"\x80" and start[1:] in b"\x02\x03\x04\x05":
+    start = bytes(buffer[:4])
+    zip_archive = start == b"PK\x03\x04"
+    pickle = start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    if zip_archive or pickle:
         return ("this is a torch.save (pickle) file, not a resumable checkpoint; resumable never "
                 "unpickles, since unpickling can run any code. If you trust the file, load it with "
                 "torch.load(path, weights_only=True) and save its state again with resumable")
@@ -275,8 +278,8 @@ def _check_version(metadata: dict[str, str], name: str) -> int:
     version = int(text)
     if version > FORMAT_VERSION:
         raise CheckpointVersionError(
-            f"checkpoint {name} was written by a newer resumable (format {version}); this one reads "
-            f"up to format {FORMAT_VERSION}: upgrade resumable to read it"
+            f"checkpoint {name} was written by a newer resumable (format {version}); this one "
+            f"reads up to format {FORMAT_VERSION}: upgrade resumable to read it"
         )
     missing = [v for v in range(version, FORMAT_VERSION) if v not in MIGRATIONS]
     if missing:
@@ -297,8 +300,9 @@ def _entries(header: dict, data_len: int, name: str) -> list[_Entry]:
     position = 0
     for entry in entries:
         if entry.start != position:
+            problem = "overlap" if entry.start < position else "gap"
             raise _corrupt(name, f"tensor {entry.name!r} starts at data byte {entry.start}, "
-                           f"expected {position} ({'overlap' if entry.start < position else 'gap'})")
+                           f"expected {position} ({problem})")
         position = entry.end
     if position != data_len:
         raise _corrupt(name, f"{data_len - position} unexpected bytes after the last tensor")

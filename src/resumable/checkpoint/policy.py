@@ -81,15 +81,16 @@ class KeepBest:
             return Decision(False, reason="save_top_k=0")
         if not math.isfinite(score):
             return Decision(False, reason=f"{score} is not finite, so it is never a best")
-        others = {p: s for p, s in kept.items() if p != new_path}
-        if self.k == -1 or len(others) < self.k:
+        # `new_path` may already be kept (a fixed file name such as `weights.ckpt`): it then competes
+        # with its own previous content, and is overwritten rather than evicted.
+        if self.k == -1 or (len(kept) < self.k and new_path not in kept):
             return Decision(True, reason=f"top {self.k} not full" if self.k != -1 else "save_top_k=-1 keeps all")
-        worst_path = max(others, key=lambda p: (others[p] if self.mode == "min" else -others[p]))
-        worst = others[worst_path]
+        ranked = sorted(kept, key=lambda p: kept[p], reverse=self.mode == "max")
+        worst = kept[ranked[-1]]
         if not self.better(score, worst):
             return Decision(False, reason=f"not better than the worst kept ({worst:.6g}) of the top {self.k}")
-        ranked = sorted(others, key=lambda p: others[p], reverse=self.mode == "max")
-        return Decision(True, evict=tuple(ranked[self.k - 1:]), reason=f"better than {worst:.6g}")
+        evict = tuple(p for p in ranked[self.k - 1:] if p != new_path)
+        return Decision(True, evict=evict, reason=f"better than {worst:.6g}")
 
     def best(self, kept: dict[str, float]) -> str | None:
         """The path of the best kept checkpoint."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import CheckpointError, StateMismatchError
+from ..errors import StateMismatchError
 from ..rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
@@ -78,11 +78,6 @@ def capture(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
 
 def restore(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Put `checkpoint` back into `trainer` and its model; raise on anything that does not fit."""
-    if "trainer" not in checkpoint:
-        raise CheckpointError(
-            "this checkpoint holds weights only (save_weights_only=True), so training cannot resume from it; "
-            "use Module.load_from_checkpoint(path) to get the model, or resume from a full checkpoint"
-        )
     model = trainer.model
     assert model is not None and trainer._steps is not None
     model.on_load_checkpoint(checkpoint)

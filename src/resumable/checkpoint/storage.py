@@ -12,6 +12,7 @@ last fit the same methods: callers never see how a commit happens.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -123,7 +124,8 @@ class LocalStorage:
             os.replace(temporary, path)
         except BaseException as err:  # KeyboardInterrupt too: never leave a temporary behind
             written = _size_or_none(temporary)
-            _remove_if_present(temporary)
+            with contextlib.suppress(OSError):  # e.g. EROFS: it was never created; keep `err`
+                os.remove(temporary)
             if isinstance(err, OSError) and not isinstance(err, StorageError):
                 raise _storage_error(err, path, "writing", written, _free_bytes(folder)) from err
             raise
@@ -248,7 +250,8 @@ class MemoryStorage:
 
     def _names(self, folder: PathLike) -> list[str]:
         folder = _norm(folder)
-        return [posixpath.basename(p) for p in self.files if (posixpath.dirname(p) or ".") == folder]
+        return [posixpath.basename(path) for path in self.files
+                if (posixpath.dirname(path) or ".") == folder]
 
 
 class _BoundedFile(BytesIO):
@@ -275,7 +278,8 @@ def _storage_error(err: OSError, path: PathLike, action: str, written: int | Non
         sizes = "".join([f" after {written} bytes" if written is not None else "",
                          f"; {free} bytes are free" if free is not None else ""])
         message = (f"the disk is full (or over quota) {action} {path}{sizes}. The file was not "
-                   "committed and checkpoints written before are intact; free space or save elsewhere")
+                   "committed and checkpoints written before are intact; free space or save "
+                   "elsewhere")
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         kind = "the file system is read-only" if err.errno == errno.EROFS else "permission denied"
         message = f"{kind} {action} {path}; choose a writable folder or fix its permissions"

@@ -3,9 +3,9 @@
 The encoding (``docs/format.md`` has the full list): ``None``, bools, strings, ints and finite
 floats are themselves; lists are JSON arrays; a dict whose keys are all strings, none starting with
 ``$``, is a JSON object. Everything else is a *marker*, a JSON object with exactly one key, which
-starts with ``$`` (``{"$tensor": name}``, ``{"$tuple": [...]}``, ...). Plain objects never have a
-``$`` key — a user dict with one is itself stored through the ``$dict`` marker — so markers and user
-data cannot be confused.
+starts with ``$`` (``{"$tensor": name}``, ``{"$tuple": [...]}``, ...). Plain objects never have
+a ``$`` key — a user dict with one is itself stored through the ``$dict`` marker — so markers and
+user data cannot be confused.
 
 Loading never imports anything: an enum or dataclass comes back as its class only when the class's
 module is already in ``sys.modules``; otherwise as plain data (the enum's value, a dict of fields).
@@ -105,9 +105,9 @@ def _unsupported(path: tuple, value: Any, problem: str = "has no safe on-disk fo
                  "(resumable never pickles)") -> UnsupportedStateError:
     kind = type(value)
     return UnsupportedStateError(
-        f"cannot save {_show(path)}, a {kind.__module__}.{kind.__qualname__}: it {problem}. Convert "
-        "it to plain data (dict, list, tuple, str, int, float, bool, None), a dataclass or an enum, "
-        "or store it as a tensor."
+        f"cannot save {_show(path)}, a {kind.__module__}.{kind.__qualname__}: it {problem}. "
+        "Convert it to plain data (dict, list, tuple, str, int, float, bool, None), a dataclass or "
+        "an enum, or store it as a tensor."
     )
 
 
@@ -147,7 +147,7 @@ class _Flattener:
             return {"$timedelta": [value.days, value.seconds, value.microseconds]}
         if isinstance(value, pathlib.Path):
             return {"$path": str(value)}
-        if type(value) in (dict, list, tuple, set, frozenset, torch.Size) or isinstance(value, dict):
+        if isinstance(value, dict) or type(value) in (list, tuple, set, frozenset, torch.Size):
             return self._guarded(value, path, depth, self._encode_items)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return self._guarded(value, path, depth, self._encode_dataclass)
@@ -168,8 +168,8 @@ class _Flattener:
     def _encode_items(self, value: Any, path: tuple, depth: int) -> Any:
         if isinstance(value, dict):
             if not all(type(k) is str and not k.startswith("$") for k in value):
-                return {"$dict": [[self._encode_key(k, path, depth), self.encode(v, (*path, k), depth)]
-                                  for k, v in value.items()]}
+                return {"$dict": [[self._encode_key(k, path, depth),
+                                   self.encode(v, (*path, k), depth)] for k, v in value.items()]}
             if path == ("state_dict",):  # only the top-level "state_dict" has this path
                 return {k: self._encode_weight(k, v, depth) for k, v in value.items()}
             return {k: self.encode(v, (*path, k), depth) for k, v in value.items()}
@@ -204,7 +204,8 @@ class _Flattener:
             raise _unsupported(path, tensor, f"is {tensor.layout} on {tensor.device.type}, which "
                                "safetensors cannot store")
         if tensor.dtype not in TENSOR_DTYPES:
-            raise _unsupported(path, tensor, f"has dtype {tensor.dtype}, which safetensors cannot store")
+            raise _unsupported(path, tensor, f"has dtype {tensor.dtype}, which safetensors "
+                               "cannot store")
         name = name if name is not None else self._unique_name(path)
         self.tensors[name] = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
         return name
@@ -221,7 +222,8 @@ class _Flattener:
         dtype = _little_endian(array, path)
         little = np.require(array.astype(dtype, copy=False), requirements=["C", "W"])
         raw = torch.from_numpy(little.reshape(-1).view(np.uint8))
-        return {"tensor": self._add_tensor(raw, path), "dtype": dtype.str, "shape": list(array.shape)}
+        return {"tensor": self._add_tensor(raw, path), "dtype": dtype.str,
+                "shape": list(array.shape)}
 
     def _encode_numpy_scalar(self, scalar: np.generic, path: tuple) -> list:
         dtype, value = _little_endian(scalar, path), scalar.item()
@@ -233,7 +235,7 @@ class _Flattener:
 def _little_endian(value: np.ndarray | np.generic, path: tuple) -> np.dtype:
     dtype = value.dtype.newbyteorder("<")
     if dtype.str not in _NUMPY_DTYPES:
-        raise _unsupported(path, value, f"has numpy dtype {value.dtype}, which is not plain numbers")
+        raise _unsupported(path, value, f"has numpy dtype {value.dtype}, not plain numbers")
     return dtype
 
 
@@ -247,13 +249,11 @@ def _sorted_if_possible(items: set | frozenset) -> list:
 class _Decoder:
     """Decodes one (possibly hostile) tree; records which tensors it used."""
 
-    # Method names, not bound methods: a dict of bound methods would make a reference cycle that
-    # keeps the tensors, and so a mapped file, alive until the garbage collector runs.
-    _MARKERS = {"$tensor": "_tensor", "$ndarray": "_ndarray", "$npscalar": "_npscalar",
-                "$float": "_float", "$dict": "_dict", "$tuple": "_tuple", "$set": "_set",
-                "$frozenset": "_frozenset", "$size": "_size", "$dtype": "_dtype",
-                "$timedelta": "_timedelta", "$path": "_path", "$enum": "_enum",
-                "$dataclass": "_dataclass"}
+    # Marker "$x" is decoded by method "_x", looked up when needed: a dict of bound methods would
+    # be a reference cycle keeping the tensors, and so a mapped file, alive until a gc run.
+    _MARKERS = frozenset({"$tensor", "$ndarray", "$npscalar", "$float", "$dict", "$tuple", "$set",
+                          "$frozenset", "$size", "$dtype", "$timedelta", "$path", "$enum",
+                          "$dataclass"})
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.tensors = tensors
@@ -271,7 +271,7 @@ class _Decoder:
         if len(node) != 1 or next(iter(node)) not in self._MARKERS:
             raise _malformed(path, f"unknown marker keys {sorted(node)[:3]}")
         marker, payload = next(iter(node.items()))
-        return getattr(self, self._MARKERS[marker])(payload, path)
+        return getattr(self, "_" + marker[1:])(payload, path)
 
     def _tensor(self, name: Any, path: str) -> torch.Tensor:
         if type(name) is not str:
@@ -289,7 +289,8 @@ class _Decoder:
         if not _is_sizes(shape):
             raise _malformed(path, f"array shape {str(shape)[:80]} is not a list of sizes")
         raw = self._tensor(payload["tensor"], path)
-        if raw.dtype != torch.uint8 or raw.dim() != 1 or raw.numel() != math.prod(shape) * dtype.itemsize:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if raw.dtype != torch.uint8 or raw.dim() != 1 or raw.numel() != nbytes:
             raise _malformed(path, f"array bytes do not match shape {shape} of {dtype}")
         return raw.numpy().view(dtype).reshape(shape).copy()  # copy: aligned and independent
 
@@ -322,22 +323,19 @@ class _Decoder:
         return out
 
     def _tuple(self, items: Any, path: str) -> tuple:
-        return tuple(self._items(items, path, "tuple"))
+        return tuple(self._items(items, path))
 
     def _set(self, items: Any, path: str) -> set:
-        return set(self._hashable_items(items, path, "set"))
+        return set(self._items(items, path, hashable=True))
 
     def _frozenset(self, items: Any, path: str) -> frozenset:
-        return frozenset(self._hashable_items(items, path, "frozenset"))
+        return frozenset(self._items(items, path, hashable=True))
 
-    def _items(self, items: Any, path: str, kind: str) -> list:
+    def _items(self, items: Any, path: str, hashable: bool = False) -> list:
         if type(items) is not list:
-            raise _malformed(path, f"a {kind} that is not a list")
-        return [self.decode(v, f"{path}/{i}") for i, v in enumerate(items)]
-
-    def _hashable_items(self, items: Any, path: str, kind: str) -> list:
-        values = self._items(items, path, kind)
-        for value in values:
+            raise _malformed(path, "a tuple or set that is not a list")
+        values = [self.decode(v, f"{path}/{i}") for i, v in enumerate(items)]
+        for value in values if hashable else ():
             _require_hashable(value, path)
         return values
 
@@ -401,7 +399,8 @@ class _Decoder:
         return obj
 
     def _class_and(self, payload: Any, key: str, path: str) -> tuple[Any, Any]:
-        if type(payload) is not dict or set(payload) != {"class", key} or type(payload["class"]) is not str:
+        if (type(payload) is not dict or set(payload) != {"class", key}
+                or type(payload["class"]) is not str):
             raise _malformed(path, f"a class payload without exactly class and {key}")
         return _find_loaded_class(payload["class"]), payload[key]
 
