@@ -1,12 +1,15 @@
 """The training runs of the kill matrix (`test_resume_matrix.py`), one process per run.
 
-    python tests/resume_cases.py CASE ROOT [--kill-at-steps 3,9]
+    python tests/resume_cases.py ROOT CASE [CASE ...] [--kill-at-steps 3,9]
 
-trains case CASE in the run folder `ROOT/run/version_0`, resuming from that folder's newest
+trains each CASE in the run folder `ROOT/CASE/run/version_0`, resuming from that folder's newest
 checkpoint when it has one, so rerunning the same command after a crash continues the run. With
 `--kill-at-steps`, the process SIGKILLs itself right after the checkpoint of each listed step is
 written (a step this process itself completed: a process resumed at step 3 does not die at 3
-again). A finished run writes `ROOT/result.pt`: final weights, optimizer and scheduler states,
+again). `--kill-mid-save S` dies right after writing a kept checkpoint file of a step >= S, before
+`last.ckpt` is written; `--kill-before-evict S` dies right before deleting a checkpoint that
+retention pushed out, at a step >= S; each of those once per run folder (a marker file records
+it). A finished run writes `ROOT/CASE/result.pt`: final weights, optimizer and scheduler states,
 counters and the global RNG states, which the test compares with an uninterrupted run's.
 
 Each case is a tiny model, a few optimizer steps, a checkpoint after every step plus `last`.
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import resumable as rs
 from resumable.callbacks import ModelCheckpoint
+from resumable.checkpoint import api as checkpoint_api
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from models import classification_data  # noqa: E402
@@ -168,8 +172,8 @@ CASES: dict[str, Case] = {
     "two_optimizers": Case(16, lambda: Gan(shuffled()), {"max_epochs": 2}),
     "iterable_stateful": Case(16, lambda: Net(lambda: DataLoader(Stream(), batch_size=BATCH)), {"max_epochs": 2}),
     "max_steps_mid_epoch": Case(13, lambda: Net(shuffled(augment=True)), {"max_steps": 13}),
-    "long_for_wall_clock": Case(60, lambda: Net(shuffled(augment=True), scheduler=True),
-                                {"max_epochs": 6, "accumulate_grad_batches": 2, "val_check_interval": 5}),
+    "long_for_wall_clock": Case(48, lambda: Net(shuffled(augment=True), scheduler=True),
+                                {"max_epochs": 12, "accumulate_grad_batches": 2, "val_check_interval": 5}),
 }
 
 
@@ -194,21 +198,58 @@ class CheckpointThenKill(ModelCheckpoint):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kill_inside_saves(marker: Path, mid_save_from: int | None, evict_from: int | None) -> None:
+    """Make the checkpoint writes of this process SIGKILL it at a chosen point, once per `marker`.
+
+    The seam is the module `ModelCheckpoint` calls for every file it writes or deletes.
+    """
+    if marker.exists():
+        return
+    save, delete = checkpoint_api.save_checkpoint, checkpoint_api.delete_checkpoint
+    saved_step = [-1]
+
+    def die() -> None:
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def save_then_maybe_die(state: dict[str, Any], path: Any) -> None:
+        save(state, path)
+        saved_step[0] = state["global_step"]
+        if mid_save_from is not None and Path(path).name != "last.ckpt" and saved_step[0] >= mid_save_from:
+            die()
+
+    def maybe_die_then_delete(path: Any) -> None:
+        if evict_from is not None and saved_step[0] >= evict_from:
+            die()
+        delete(path)
+
+    checkpoint_api.save_checkpoint, checkpoint_api.delete_checkpoint = save_then_maybe_die, maybe_die_then_delete
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("case", choices=sorted(CASES))
     parser.add_argument("root", type=Path)
+    parser.add_argument("cases", nargs="+", choices=sorted(CASES), metavar="CASE")
     parser.add_argument("--kill-at-steps", default="", help="comma-separated optimizer steps")
+    parser.add_argument("--kill-mid-save", type=int, metavar="STEP")
+    parser.add_argument("--kill-before-evict", type=int, metavar="STEP")
     args = parser.parse_args(argv)
-    case = CASES[args.case]
     torch.set_num_threads(1)
+    if args.kill_mid_save is not None or args.kill_before_evict is not None:
+        kill_inside_saves(args.root / "killed-inside-save", args.kill_mid_save, args.kill_before_evict)
+    for name in args.cases:
+        train(name, args.root / name, {int(s) for s in args.kill_at_steps.split(",") if s})
+
+
+def train(name: str, root: Path, kill_at: set[int]) -> None:
+    """Train case `name` in `root` (resuming from its newest checkpoint) and write `root/result.pt`."""
+    case = CASES[name]
     rs.seed_everything(0)  # what a user's script does first; a resumed run overwrites it from the checkpoint
     model = case.model()
-    kill_at = {int(s) for s in args.kill_at_steps.split(",") if s}
     checkpoint = CheckpointThenKill(kill_at, every_n_train_steps=1, save_top_k=3, monitor=case.monitor,
                                     save_last=True)
     trainer = rs.Trainer(seed=7, enable_progress_bar=False, log_every_n_steps=1, callbacks=[checkpoint],
-                         experiment=rs.Experiment(args.root, name="run", version=0), **case.trainer)
+                         experiment=rs.Experiment(root, name="run", version=0), **case.trainer)
     trainer.fit(model)
     torch.save({
         "global_step": trainer.global_step,
@@ -217,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         "optimizers": [opt.state_dict() for opt in trainer.optimizers],
         "schedulers": [sched.state_dict() for sched in trainer.lr_schedulers],
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-    }, args.root / "result.pt")
+    }, root / "result.pt")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ trainer is at a step boundary, where the state is exactly resumable; see docs/re
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -97,8 +98,8 @@ def save_for_resume(trainer: Trainer) -> list[str]:
     if full:
         return [str(full[0].save_now(trainer))]
     path = Path(trainer.experiment.checkpoint_dir) / "last.ckpt"
-    owned = {Path(cb.last_model_path).absolute() for cb in trainer.checkpoint_callbacks if cb.last_model_path}
-    if path.absolute() in owned:
+    owned = {os.path.abspath(cb.last_model_path) for cb in trainer.checkpoint_callbacks if cb.last_model_path}
+    if os.path.abspath(path) in owned:
         path = path.with_name("resume.ckpt")
     trainer.save_checkpoint(path)
     return [str(path)]
@@ -137,9 +138,9 @@ def save_after_exception(trainer: Trainer, exception: BaseException) -> None:
 def _newest(trainer: Trainer) -> str:
     """Which checkpoint a rerun of this run resumes from, as a phrase."""
     try:
-        folders = {str(Path(trainer.experiment.checkpoint_dir).absolute())}
-        folders |= {str(Path(cb.dirpath).absolute()) for cb in trainer.checkpoint_callbacks if cb.dirpath}
-        newest = _newest_first(folders, str(Path(trainer.experiment.path).absolute()))
+        folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
+        folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath}
+        newest = _newest_first(folders, os.path.abspath(trainer.experiment.path))
     except Exception as err:
         return f"the run's checkpoints could not be listed ({err})"
     if not newest:

@@ -6,22 +6,26 @@ From the loop to bytes on disk: `Trainer.save_checkpoint` → `checkpoint.sessio
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
+from . import preemption
 from .callbacks.base import Callback, StopTraining
 from .callbacks.checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .checkpoint import api as ckpt_api
 from .checkpoint import session
+from .checkpoint.storage import LocalStorage
 from .config import TrainerConfig
 from .data import ResumableLoader
 from .errors import ConfigurationError
 from .experiment import Experiment
+from .lock import RunLock
 from .metrics import MetricStore
 from .module import Module
 from .optim import SchedulerConfig, parse_optimizers
@@ -43,6 +47,13 @@ class Trainer:
     (see `TrainerConfig`), plus `callbacks`, `experiment` (an `Experiment`; by default a new
     version under `default_root_dir`) and `checkpoint_callback` (a `ModelCheckpoint`, or
     `False` for none; by default one that keeps the last state in the run's `checkpoints/`).
+
+    Reliability (docs/reliability.md): `preemption_signals` (default SIGTERM, SIGUSR1, SIGINT;
+    `()` for none) make `fit` finish the current step, save, and exit with 128 + the signal
+    number; a second Ctrl-C raises KeyboardInterrupt at once. `emergency_checkpoint` (default
+    True) saves when training raises between two steps. `on_save_error` ("raise" or "warn")
+    says whether a checkpoint the disk refused stops training. While `fit` runs, the run folder
+    is locked: a second trainer on it gets `RunLockedError`.
     """
 
     def __init__(self, *, callbacks: Iterable[Callback] | None = None, experiment: Experiment | None = None,
@@ -72,6 +83,8 @@ class Trainer:
         self.val_loader: ResumableLoader | None = None
         self.resumed_from: str | None = None
         self._steps: StepRunner | None = None
+        self._signals = preemption.SignalCatcher(self.config.preemption_signals)
+        self._at_step_boundary = False  # the state is exactly resumable: see preemption.save_after_exception
 
     # --- public views ------------------------------------------------------------------------
     @property
@@ -116,8 +129,18 @@ class Trainer:
     def fit(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
             ckpt_path: str | os.PathLike[str] | None = None) -> None:
         """Train `model`, resuming from `ckpt_path` ("last", "best" or a path) or, when not given,
-        from the newest valid checkpoint of this trainer's experiment, if it has one."""
+        from the newest valid checkpoint of this trainer's experiment, if it has one.
+
+        Holds the run folder's lock throughout (`RunLockedError` if another process has it). On a
+        stop signal it saves at the next step boundary, calls the `on_exception` hooks with the
+        `SystemExit(128 + signum)` it then raises (a signal after the last step: once `fit` is done).
+        """
         train_data, val_data = self._attach(model, train_dataloaders, val_dataloaders)
+        with RunLock(self.experiment.path), self._signals:
+            self._fit(train_data, val_data, ckpt_path)
+
+    def _fit(self, train_data: Any, val_data: Any, ckpt_path: str | os.PathLike[str] | None) -> None:
+        _clean_temporaries(self)  # no writer of this run is alive now: its temporaries are debris
         checkpoint, where = ckpt_api.find_resume_checkpoint(self, ckpt_path)
         self.seed = int(checkpoint["trainer"]["seed"]) if checkpoint else (
             self.config.seed if self.config.seed is not None else secrets.randbits(63))
@@ -130,7 +153,7 @@ class Trainer:
             session.restore(self, checkpoint)
             self.resumed_from = where
         else:
-            self.experiment.tag(model.hparams)
+            self.experiment.tag(self.model.hparams)
         try:
             self._call("on_fit_start")
             while not self._finished():
@@ -139,10 +162,14 @@ class Trainer:
         except StopTraining:
             self._call("on_fit_end")
         except BaseException as exception:
+            preemption.save_after_exception(self, exception)
             self._call("on_exception", exception)
             raise
         finally:
+            self._at_step_boundary = False
             self.experiment.close()
+        if self._signals.requested is not None:
+            preemption.stop(self, self._signals.requested)  # asked after the last step's check
 
     def _run_epoch(self) -> None:
         model, loader, steps = self.model, self.train_loader, self._steps
@@ -152,20 +179,24 @@ class Trainer:
         model.train()
         self.metrics.stage = "train"
         last = self.num_training_batches
-        for batch_idx, batch in loader.iter_epoch(self.current_epoch, start_batch=self.batch_in_epoch):
-            if batch_idx >= last:
-                break
+        for batch_idx, batch in _first(loader.iter_epoch(self.current_epoch, start_batch=self.batch_in_epoch),
+                                       last - self.batch_in_epoch):
             batch = move_to_device(batch, self.device)
+            self._at_step_boundary = False
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = steps.run_batch(batch, batch_idx, window_end=_window_end(batch_idx, last, self.config))
             self.batch_in_epoch = batch_idx + 1
             if self._validation_due(batch_idx):
                 self._run_validation()
             self._call("on_train_batch_end", outputs, batch, batch_idx)
+            self._at_step_boundary = True
+            if self._signals.requested is not None:
+                preemption.stop(self, self._signals.requested)
             if self._max_steps_reached() or self.should_stop:
                 if self.batch_in_epoch < last:
                     return  # stopped mid-epoch: no end-of-epoch work
                 break
+        self._at_step_boundary = False
         steps.finish_epoch()
         if self._epoch_validation_due():
             self._run_validation()
@@ -197,9 +228,7 @@ class Trainer:
         self.metrics.stage = "val"
         limit = _limited(loader.num_batches, self.config.limit_val_batches)
         with torch.no_grad():
-            for batch_idx, batch in loader.iter_epoch(0):
-                if batch_idx >= limit:
-                    break
+            for batch_idx, batch in _first(loader.iter_epoch(0), limit):
                 batch = move_to_device(batch, self.device)
                 self.metrics.batch_size = _batch_size(batch)
                 with self.precision.autocast():
@@ -315,6 +344,15 @@ def _arrange_callbacks(callbacks: list[Callback], checkpoint_callback: ModelChec
     return others + checkpoints  # checkpoints last: they save the state the other callbacks just updated
 
 
+def _clean_temporaries(trainer: Trainer) -> None:
+    """Remove what killed saves left in this run's checkpoint folders (also when `fit` is given a
+    path, which skips the search that cleans them too)."""
+    folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
+    folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None}
+    for folder in sorted(folders):
+        LocalStorage().cleanup_temporaries(folder)
+
+
 def _limited(available: int | None, limit: int | float) -> int | float:
     if isinstance(limit, float):
         if available is None:
@@ -323,6 +361,11 @@ def _limited(available: int | None, limit: int | float) -> int | float:
             raise ConfigurationError("a fractional limit_*_batches needs a loader with a length; give an int")
         return int(available * limit)
     return limit if available is None else min(available, limit)
+
+
+def _first(batches: Iterator[tuple[int, Any]], count: int | float) -> Iterator[tuple[int, Any]]:
+    """The first `count` items, without fetching one more (a fetch can load data or move a stream on)."""
+    return batches if count == float("inf") else itertools.islice(batches, max(0, int(count)))
 
 
 def _window_end(batch_idx: int, last: int | float, config: TrainerConfig) -> bool:

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ import torch
 from ..checkpoint import api as ckpt_api
 from ..checkpoint import session
 from ..checkpoint.policy import KeepBest, KeepNewest, SaveSchedule
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StorageError
 from .base import Callback
 
 if TYPE_CHECKING:
@@ -154,21 +155,64 @@ class ModelCheckpoint(Callback):
         last = self._last_path() if self.save_last else None
         if last is not None:
             self.last_model_path = str(last)
+        elif keep and self.last_model_path:
+            evict.append(self.last_model_path)  # a stop's last.ckpt (see save_now): obsolete once this is durable
+            self.last_model_path = ""
         self._last_position = position
         self._saves += 1
         self._clock_offset, self._clock_start = 0.0, time.monotonic()
-        try:
-            state = session.capture(trainer, weights_only=self.save_weights_only)
-            if keep:
-                ckpt_api.save_checkpoint(state, target)
-            if last is not None:
-                ckpt_api.save_checkpoint(state, last)
-        except BaseException:
-            self.load_state_dict(previous)
-            raise
+        if not self._write(trainer, target if keep else None, last, previous):
+            return
         for path in evict:
             ckpt_api.delete_checkpoint(path)
         self._say(trainer, self._saved_message(score, decision, target if keep else None, last, previous))
+
+    def _write(self, trainer: Trainer, target: Path | None, last: Path | None, previous: dict[str, Any]) -> bool:
+        """Write the state to `target` and `last`. On failure roll this callback back to `previous`,
+        remove a file this save created, and raise; for a `StorageError` with on_save_error="warn",
+        warn instead and return False."""
+        try:
+            state = session.capture(trainer, weights_only=self.save_weights_only)
+            if target is not None:
+                ckpt_api.save_checkpoint(state, target)
+            if last is not None:
+                ckpt_api.save_checkpoint(state, last)
+        except BaseException as err:
+            self.load_state_dict(previous)
+            if target is not None and str(target) not in previous["kept"] and str(target) != previous["last_model_path"]:
+                _delete_quietly(target)  # `last` failed after it: the rolled-back state does not know this file
+            if isinstance(err, StorageError) and trainer.config.on_save_error == "warn":
+                warnings.warn(f"checkpoint not saved at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                              f"{err}. Training goes on (on_save_error='warn'); the next save tries again",
+                              stacklevel=4)
+                return False
+            raise
+        return True
+
+    def save_now(self, trainer: Trainer) -> Path:
+        """Write the full current state to this callback's `last` file now; return its path.
+
+        The trainer calls it on a stop signal and for an emergency checkpoint (see
+        `resumable.preemption`), only on callbacks that save full state. It writes `last.ckpt` even
+        with `save_last=False`: the stop's exact position must be on disk where auto-resume looks,
+        and a top-k file would go through retention (refused as worse than the best, or evicting a
+        better one). Without `save_last`, the next save of this callback deletes that file once the
+        newer checkpoint is durable. Nothing is written when `last` already holds this position.
+        On failure this callback's state is unchanged and the error (e.g. `StorageError`) propagates.
+        """
+        position = session.position(trainer)
+        if self.save_last and self.last_model_path and position == self._last_position:
+            return Path(self.last_model_path)
+        previous = self.state_dict()
+        last = self._last_path()
+        self.last_model_path, self._last_position = str(last), position
+        try:
+            ckpt_api.save_checkpoint(session.capture(trainer), last)
+        except BaseException:
+            self.load_state_dict(previous)
+            raise
+        self._say(trainer, f"saved {last}")
+        return last
 
     def _score(self, trainer: Trainer, at_epoch_end: bool) -> float | None:
         if self.monitor is None:
@@ -288,3 +332,11 @@ class ModelCheckpoint(Callback):
         self._last_position = tuple(state["last_position"]) if state["last_position"] else None
         self._saves = int(state["saves"])
         self._clock_offset, self._clock_start = float(state["seconds_since_save"]), time.monotonic()
+
+
+def _delete_quietly(path: Path) -> None:
+    """Best effort: the caller is already raising or warning about a failed save."""
+    try:
+        ckpt_api.delete_checkpoint(path)
+    except StorageError:
+        pass
