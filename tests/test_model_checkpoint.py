@@ -257,3 +257,19 @@ def test_best_is_still_right_after_a_resume(tmp_path):
     assert names(tmp_path / "ck") == ["epoch=3.ckpt", "epoch=4.ckpt", "last.ckpt"]
     assert cb.best_model_path == str(tmp_path / "ck" / "epoch=3.ckpt") and float(cb.best_model_score) == 1
     assert math.isclose(cb.kept[str(tmp_path / "ck" / "epoch=4.ckpt")], 2)
+
+
+def test_the_checkpoint_a_run_resumed_from_is_never_deleted(tmp_path):
+    def run(max_epochs, scores, ckpt_path=None, version=None):
+        cb = ModelCheckpoint(dirpath=tmp_path / "ck", filename="{epoch}", monitor="val_loss", save_top_k=1)
+        trainer = rs.Trainer(max_epochs=max_epochs, enable_progress_bar=False, callbacks=[cb],
+                             experiment=rs.Experiment(tmp_path / "runs", version=version))
+        trainer.fit(Scripted(scores), ckpt_path=ckpt_path)
+        return cb
+
+    run(2, [5, 3])
+    resumed_from = tmp_path / "ck" / "epoch=1.ckpt"
+    cb = run(4, [1, 0.5], ckpt_path=resumed_from, version=0)  # both later epochs beat it
+    assert resumed_from.exists()
+    assert cb.best_model_path == str(tmp_path / "ck" / "epoch=3.ckpt")
+    assert names(tmp_path / "ck") == ["epoch=1.ckpt", "epoch=3.ckpt"]
