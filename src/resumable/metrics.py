@@ -119,7 +119,7 @@ def _as_scalar(name: str, value: Any) -> torch.Tensor:
                 f"self.log({name!r}, ...) needs a scalar; got a tensor of shape {tuple(value.shape)}. "
                 "Reduce it first (e.g. .mean())"
             )
-        return value.detach().reshape(())
+        return value.detach() if value.dim() == 0 else value.detach().reshape(())
     if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, complex):
         try:
             value = float(value)

@@ -35,10 +35,11 @@ class StepRunner:
         optimizers = trainer.optimizers
         outputs = []
         stepped = False
+        several = len(optimizers) > 1
         for opt_idx, optimizer in enumerate(optimizers):
-            with _only_parameters_of(trainer.model, optimizer, len(optimizers) > 1):
+            with _only_parameters_of(trainer.model, optimizer) if several else contextlib.nullcontext():
                 with trainer.precision.autocast():
-                    args = (batch, batch_idx, opt_idx) if len(optimizers) > 1 else (batch, batch_idx)
+                    args = (batch, batch_idx, opt_idx) if several else (batch, batch_idx)
                     out = trainer.model.training_step(*args)
                 loss = self._loss_of(out, batch_idx)
                 if loss is not None:
@@ -68,9 +69,11 @@ class StepRunner:
         self.trained_batches = 0
 
     def _loss_of(self, out: Any, batch_idx: int) -> torch.Tensor | None:
-        loss = out.get("loss") if isinstance(out, Mapping) else out
-        if isinstance(out, Mapping) and "loss" not in out:
-            raise ConfigurationError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)})")
+        loss = out
+        if not isinstance(out, torch.Tensor) and isinstance(out, Mapping):
+            if "loss" not in out:
+                raise ConfigurationError(f"training_step returned a dict without a 'loss' key (keys: {sorted(out)})")
+            loss = out["loss"]
         if loss is None:
             if not self._warned_skip:
                 warnings.warn(f"training_step returned None for batch {batch_idx}: that batch is skipped "
@@ -172,12 +175,9 @@ def _step_scheduler(config: SchedulerConfig, metrics: Mapping[str, torch.Tensor]
 
 
 @contextlib.contextmanager
-def _only_parameters_of(model: torch.nn.Module, optimizer: torch.optim.Optimizer, active: bool) -> Iterator[None]:
+def _only_parameters_of(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
     """With several optimizers, freeze every parameter the current one does not own (as Lightning's
     toggle_optimizer), so one loss never leaves gradients on another optimizer's parameters."""
-    if not active:
-        yield
-        return
     owned = {id(p) for p in optimizer_parameters(optimizer)}
     frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in owned]
     for p in frozen:
@@ -193,11 +193,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor inside (lists, tuples, namedtuples, dicts) moved to `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True) if batch.device != device else batch
-    if isinstance(batch, Mapping):
-        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()}) if isinstance(batch, dict) \
-            else {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
+        moved = (move_to_device(v, device) for v in batch)
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
     return batch
