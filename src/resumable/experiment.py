@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .checkpoint.storage import LocalStorage
 from .errors import ConfigurationError
 
 __all__ = ["Experiment"]
@@ -212,9 +213,5 @@ def _check_writable(folder: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # through the storage layer: fsynced, renamed into place, and its leftovers cleaned at fit start
+    LocalStorage().write_atomic(path, lambda f: f.write(text.encode()))

@@ -68,9 +68,10 @@ class RunLock:
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)  # the record names a holder only while one exists
+            fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: forked children (DataLoader workers) may share fd
         except OSError:
             pass
-        os.close(fd)  # closing the descriptor releases the flock
+        os.close(fd)
 
     @property
     def held(self) -> bool:

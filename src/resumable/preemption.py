@@ -17,17 +17,21 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .checkpoint.api import _newest_first  # the rule auto-resume uses to pick a checkpoint
+from torch.utils.data import DataLoader
+
+from .checkpoint.api import newest_first, run_folders  # the rule auto-resume uses to pick a checkpoint
 from .errors import StorageError
+from .rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["SignalCatcher", "stop", "save_for_resume", "save_after_exception"]
+__all__ = ["SignalCatcher", "stop", "save_for_resume", "BoundaryRecorder", "save_after_exception"]
 
 
 class SignalCatcher:
@@ -105,42 +109,101 @@ def save_for_resume(trainer: Trainer) -> list[str]:
     return [str(path)]
 
 
+# Snapshotting every RNG costs ~80 us (NumPy's and Python's states are copied into new objects):
+# taken only when a batch lasts at least this long, so that it stays under 1% of the time.
+SNAPSHOT_MIN_BATCH_SECONDS = 0.01
+
+
+class BoundaryRecorder:
+    """What an emergency checkpoint needs from the last step boundary (after a batch's hooks,
+    before the next fetch): the data loader's state, and — when the next fetch runs in this
+    process (a `DataLoader` with `num_workers=0`), where it may draw augmentation noise from the
+    global generators — a snapshot of every RNG, so that those draws can be undone. The snapshot
+    is skipped for batches shorter than `SNAPSHOT_MIN_BATCH_SECONDS`; a fetch in worker processes
+    never touches this process's generators and needs none."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self._marked = time.perf_counter()
+
+    def record(self, trainer: Trainer) -> None:
+        """Called at every step boundary; cheap unless batches are long (see the class docstring)."""
+        now = time.perf_counter()
+        batch_seconds, self._marked = now - self._marked, now
+        loader = trainer.train_loader
+        if not trainer.config.emergency_checkpoint or loader is None:
+            self.state = None
+            return
+        in_process = _fetches_in_process(loader)
+        snapshot = in_process and batch_seconds >= SNAPSHOT_MIN_BATCH_SECONDS
+        self.state = {"data": loader.state_dict(), "in_process": in_process,
+                      "rng": capture_rng_state() if snapshot else None}
+
+    def clear(self) -> None:
+        """Leave the boundary: a step or an epoch end is running."""
+        self.state = None
+
+
+def _fetches_in_process(loader: Any) -> bool:
+    """Does fetching a batch run user code in this process? (A list of ready batches does not.)"""
+    source = getattr(loader, "dataloader", None)
+    if isinstance(source, DataLoader):
+        return source.num_workers == 0
+    return not isinstance(source, (list, tuple))
+
+
 def save_after_exception(trainer: Trainer, exception: BaseException) -> None:
     """The emergency checkpoint for `exception`, raised inside `fit`. Never raises.
 
-    Saves (as `save_for_resume`) only for an `Exception` (not KeyboardInterrupt or SystemExit),
-    with `emergency_checkpoint` on, while the trainer is at a step boundary: after a batch's
-    `on_train_batch_end` and before the next batch's `on_train_batch_start` (fetching and moving
-    the next batch). That checkpoint is exact, like any other. Anywhere else — inside a step, a
-    hook, validation or the epoch end — gradients, RNG and metrics are half-updated, so nothing
-    is written; the message says which checkpoint a rerun resumes from instead. The outcome is
-    printed and added as a note to `exception`.
+    Saves (as `save_for_resume`) only for an `Exception` — not KeyboardInterrupt or SystemExit,
+    nor a `StorageError` (the save that failed went to the same storage) — raised at a step
+    boundary (`trainer._boundary` is set: between a batch's `on_train_batch_end` and the next
+    `on_train_batch_start`, i.e. while the next batch is fetched and moved), with the RNGs put
+    back to the boundary's, and only if the data loader's state did not move. That checkpoint is
+    exact, like any other. Anywhere else — inside a step, a hook, validation or the
+    epoch end — gradients, RNG and metrics are half-updated, so nothing is written and the
+    message says which checkpoint a rerun resumes from. The outcome is printed and added as a
+    note to `exception`.
     """
     if not isinstance(exception, Exception) or not trainer.config.emergency_checkpoint or trainer.model is None:
         return
-    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-    kind = type(exception).__name__
-    if not getattr(trainer, "_at_step_boundary", False):
-        message = (f"{kind} at {where}, inside a step or hook, where the state is not a resumable point: "
-                   f"no emergency checkpoint; {_newest(trainer)}")
+    where = f"{type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+    boundary = trainer._boundary.state
+    saved, why = None, "inside a step or hook, where the state is not a resumable point"
+    try:
+        if isinstance(exception, StorageError):
+            why = "a save failed, and an emergency save would go to the same storage"
+        elif boundary is not None and not _same(boundary["data"], trainer.train_loader.state_dict()):
+            why = "while fetching a batch that had already moved the dataset's own state on"
+        elif boundary is not None and boundary["in_process"] and boundary["rng"] is None:
+            why = (f"while fetching a batch in this process (num_workers=0), whose random draws cannot be undone: "
+                   f"batches shorter than {SNAPSHOT_MIN_BATCH_SECONDS * 1e3:g} ms skip the RNG snapshot that allows it")
+        elif boundary is not None:
+            if boundary["rng"] is not None:
+                restore_rng_state(boundary["rng"])  # undo what the failed fetch drew
+            saved = ", ".join(save_for_resume(trainer))
+    except Exception as err:  # the original exception must surface, not this one
+        why = f"the emergency checkpoint failed ({type(err).__name__}: {err})"
+    if saved:
+        message = f"{where}, between steps: saved an exact emergency checkpoint {saved}; rerun to resume from it"
     else:
-        try:
-            message = (f"{kind} at {where}, between steps: saved an exact emergency checkpoint "
-                       f"{', '.join(save_for_resume(trainer))}; rerun the same command to resume from it")
-        except Exception as err:  # the original exception must surface, not this one
-            message = f"{kind} at {where}: the emergency checkpoint failed ({type(err).__name__}: {err}); " \
-                      f"{_newest(trainer)}"
+        message = f"{where}, {why}: no emergency checkpoint; {_newest(trainer)}"
     _say(message)
     if hasattr(exception, "add_note"):  # Python 3.11+
         exception.add_note("resumable: " + message)
 
 
+def _same(saved: Any, now: Any) -> bool:
+    try:
+        return bool(saved == now)
+    except Exception:  # e.g. arrays inside a dataset's state: cannot tell, so assume it moved
+        return False
+
+
 def _newest(trainer: Trainer) -> str:
     """Which checkpoint a rerun of this run resumes from, as a phrase."""
     try:
-        folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
-        folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath}
-        newest = _newest_first(folders, os.path.abspath(trainer.experiment.path))
+        newest = newest_first(run_folders(trainer), os.path.abspath(trainer.experiment.path))
     except Exception as err:
         return f"the run's checkpoints could not be listed ({err})"
     if not newest:

@@ -20,7 +20,6 @@ from .callbacks.checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .checkpoint import api as ckpt_api
 from .checkpoint import session
-from .checkpoint.storage import LocalStorage
 from .config import TrainerConfig
 from .data import ResumableLoader
 from .errors import ConfigurationError
@@ -82,9 +81,10 @@ class Trainer:
         self.train_loader: ResumableLoader | None = None
         self.val_loader: ResumableLoader | None = None
         self.resumed_from: str | None = None
+        self._resume_chosen = False  # resumed from a file the user named, not the run's newest (see ModelCheckpoint)
         self._steps: StepRunner | None = None
         self._signals = preemption.SignalCatcher(self.config.preemption_signals)
-        self._at_step_boundary = False  # the state is exactly resumable: see preemption.save_after_exception
+        self._boundary = preemption.BoundaryRecorder()  # the last step boundary, for an emergency checkpoint
 
     # --- public views ------------------------------------------------------------------------
     @property
@@ -140,7 +140,7 @@ class Trainer:
             self._fit(train_data, val_data, ckpt_path)
 
     def _fit(self, train_data: Any, val_data: Any, ckpt_path: str | os.PathLike[str] | None) -> None:
-        _clean_temporaries(self)  # no writer of this run is alive now: its temporaries are debris
+        ckpt_api.clean_temporaries(self)  # no writer of this run is alive now: its temporaries are debris
         checkpoint, where = ckpt_api.find_resume_checkpoint(self, ckpt_path)
         self.seed = int(checkpoint["trainer"]["seed"]) if checkpoint else (
             self.config.seed if self.config.seed is not None else secrets.randbits(63))
@@ -152,7 +152,10 @@ class Trainer:
         if checkpoint is not None:
             session.restore(self, checkpoint)
             self.resumed_from = where
+            self._resume_chosen = ckpt_path not in (None, "last")
         else:
+            if self.global_step == 0 and self.experiment.metric_rows:
+                self.experiment.truncate_metrics(0)  # logged by an attempt killed before its first checkpoint
             self.experiment.tag(self.model.hparams)
         try:
             self._call("on_fit_start")
@@ -166,7 +169,7 @@ class Trainer:
             self._call("on_exception", exception)
             raise
         finally:
-            self._at_step_boundary = False
+            self._boundary.clear()
             self.experiment.close()
         if self._signals.requested is not None:
             preemption.stop(self, self._signals.requested)  # asked after the last step's check
@@ -182,21 +185,21 @@ class Trainer:
         for batch_idx, batch in _first(loader.iter_epoch(self.current_epoch, start_batch=self.batch_in_epoch),
                                        last - self.batch_in_epoch):
             batch = move_to_device(batch, self.device)
-            self._at_step_boundary = False
+            self._boundary.clear()
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = steps.run_batch(batch, batch_idx, window_end=_window_end(batch_idx, last, self.config))
             self.batch_in_epoch = batch_idx + 1
             if self._validation_due(batch_idx):
                 self._run_validation()
             self._call("on_train_batch_end", outputs, batch, batch_idx)
-            self._at_step_boundary = True
+            self._boundary.record(self)
             if self._signals.requested is not None:
                 preemption.stop(self, self._signals.requested)
             if self._max_steps_reached() or self.should_stop:
                 if self.batch_in_epoch < last:
                     return  # stopped mid-epoch: no end-of-epoch work
                 break
-        self._at_step_boundary = False
+        self._boundary.clear()
         steps.finish_epoch()
         if self._epoch_validation_due():
             self._run_validation()
@@ -342,15 +345,6 @@ def _arrange_callbacks(callbacks: list[Callback], checkpoint_callback: ModelChec
     if config.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in others):
         others.append(ProgressBar())
     return others + checkpoints  # checkpoints last: they save the state the other callbacks just updated
-
-
-def _clean_temporaries(trainer: Trainer) -> None:
-    """Remove what killed saves left in this run's checkpoint folders (also when `fit` is given a
-    path, which skips the search that cleans them too)."""
-    folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
-    folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None}
-    for folder in sorted(folders):
-        LocalStorage().cleanup_temporaries(folder)
 
 
 def _limited(available: int | None, limit: int | float) -> int | float:

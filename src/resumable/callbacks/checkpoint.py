@@ -47,7 +47,8 @@ class ModelCheckpoint(Callback):
     * When: `every_n_train_steps`, `every_n_epochs` (default 1 when no other trigger is given),
       `train_time_interval` (a `timedelta`), and at the end of `fit` if the state moved on.
     * Files are deleted only after the new checkpoint is durable, only if this callback wrote
-      them, and never the checkpoint the run resumed from.
+      them, and never a checkpoint the run was resumed from by name (`fit(ckpt_path=file or
+      "best")`). A deletion a crash interrupted is finished when the run resumes.
     """
 
     def __init__(self, filepath: str | os.PathLike[str] | None = None, monitor: str | None = None,
@@ -98,6 +99,7 @@ class ModelCheckpoint(Callback):
         self._saves = 0
         self._clock_offset = 0.0
         self._clock_start = time.monotonic()
+        self._evicting: list[str] = []
 
     @property
     def state_key(self) -> str:
@@ -113,6 +115,9 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             self.dirpath = trainer.experiment.checkpoint_dir
         self._clock_start = time.monotonic()
+        for path in self._evicting:  # retention had dropped them when the checkpoint resumed from was saved
+            ckpt_api.delete_checkpoint(path)
+        self._evicting = []
 
     def on_train_batch_end(self, trainer: Trainer, module: Module, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -145,7 +150,10 @@ class ModelCheckpoint(Callback):
             self._last_position = position
             return
         previous = self.state_dict()
-        resumed_from = os.path.abspath(trainer.resumed_from) if trainer.resumed_from else None
+        # The newest checkpoint, found by a restart after a crash, is just the latest save: retention
+        # deletes it when an uninterrupted run would. A file the user named is theirs to keep.
+        chosen = trainer.resumed_from if getattr(trainer, "_resume_chosen", False) else None
+        resumed_from = os.path.abspath(chosen) if chosen else None
         evict = [p for p in (decision.evict if keep else ()) if os.path.abspath(p) != resumed_from]
         if keep:
             self.kept[str(target)] = score if score is not None else float(self._saves)
@@ -161,10 +169,12 @@ class ModelCheckpoint(Callback):
         self._last_position = position
         self._saves += 1
         self._clock_offset, self._clock_start = 0.0, time.monotonic()
+        self._evicting = list(evict)  # saved with the state: a resume finishes deletions a crash cut short
         if not self._write(trainer, target if keep else None, last, previous):
             return
         for path in evict:
             ckpt_api.delete_checkpoint(path)
+        self._evicting = []
         self._say(trainer, self._saved_message(score, decision, target if keep else None, last, previous))
 
     def _write(self, trainer: Trainer, target: Path | None, last: Path | None, previous: dict[str, Any]) -> bool:
@@ -179,7 +189,7 @@ class ModelCheckpoint(Callback):
                 ckpt_api.save_checkpoint(state, last)
         except BaseException as err:
             self.load_state_dict(previous)
-            if target is not None and str(target) not in previous["kept"] and str(target) != previous["last_model_path"]:
+            if target is not None and str(target) not in {*previous["kept"], previous["last_model_path"]}:
                 _delete_quietly(target)  # `last` failed after it: the rolled-back state does not know this file
             if isinstance(err, StorageError) and trainer.config.on_save_error == "warn":
                 warnings.warn(f"checkpoint not saved at epoch {trainer.current_epoch}, step {trainer.global_step}: "
@@ -315,6 +325,7 @@ class ModelCheckpoint(Callback):
             "last_position": list(self._last_position) if self._last_position else None,
             "saves": self._saves,
             "seconds_since_save": self._seconds_since_save(),
+            "evicting": list(self._evicting),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -332,6 +343,7 @@ class ModelCheckpoint(Callback):
         self._last_position = tuple(state["last_position"]) if state["last_position"] else None
         self._saves = int(state["saves"])
         self._clock_offset, self._clock_start = float(state["seconds_since_save"]), time.monotonic()
+        self._evicting = [str(p) for p in state.get("evicting", [])]  # absent from checkpoints of 0.1.0
 
 
 def _delete_quietly(path: Path) -> None:

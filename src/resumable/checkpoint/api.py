@@ -16,7 +16,8 @@ from .storage import LocalStorage
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["save_checkpoint", "load_checkpoint", "delete_checkpoint", "find_resume_checkpoint", "list_checkpoints"]
+__all__ = ["save_checkpoint", "load_checkpoint", "delete_checkpoint", "find_resume_checkpoint", "list_checkpoints",
+           "run_folders", "clean_temporaries", "newest_first"]
 
 _storage = LocalStorage()
 
@@ -71,13 +72,8 @@ def find_resume_checkpoint(trainer: Trainer, ckpt_path: str | os.PathLike[str] |
                 "use Module.load_from_checkpoint(path) to get the model, or resume from a full checkpoint"
             )
         return checkpoint, os.fspath(ckpt_path)
-    folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
-    folders |= {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None}
-    for folder in folders:
-        if os.path.isdir(folder):
-            _storage.cleanup_temporaries(folder)
     run_dir = os.path.abspath(trainer.experiment.path)
-    for path in _newest_first(folders, run_dir):
+    for path in newest_first(run_folders(trainer), run_dir):
         try:
             checkpoint = load_checkpoint(path)
         except CheckpointError as err:
@@ -92,7 +88,21 @@ def find_resume_checkpoint(trainer: Trainer, ckpt_path: str | os.PathLike[str] |
     return None, None
 
 
-def _newest_first(folders: set[str], run_dir: str) -> list[str]:
+def run_folders(trainer: Trainer) -> set[str]:
+    """Every folder where this trainer's run keeps checkpoints (absolute paths)."""
+    folders = {os.path.abspath(trainer.experiment.checkpoint_dir)}
+    return folders | {os.path.abspath(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None}
+
+
+def clean_temporaries(trainer: Trainer) -> None:
+    """Remove what killed saves left in the run folder and its checkpoint folders. Call only while
+    no save of this run is in flight (at the start of `fit`, under the run lock)."""
+    for folder in sorted(run_folders(trainer) | {os.path.abspath(trainer.experiment.path)}):
+        if os.path.isdir(folder):
+            _storage.cleanup_temporaries(folder)
+
+
+def newest_first(folders: set[str], run_dir: str) -> list[str]:
     """Resumable checkpoints of `run_dir` in `folders`, newest training position first."""
     found = []
     for folder in folders:
