@@ -6,10 +6,11 @@ trains each CASE in the run folder `ROOT/CASE/run/version_0`, resuming from that
 checkpoint when it has one, so rerunning the same command after a crash continues the run. With
 `--kill-at-steps`, the process SIGKILLs itself right after the checkpoint of each listed step is
 written (a step this process itself completed: a process resumed at step 3 does not die at 3
-again). `--kill-mid-save S` dies right after writing a kept checkpoint file of a step >= S, before
-`last.ckpt` is written; `--kill-before-evict S` dies right before deleting a checkpoint that
-retention pushed out, at a step >= S; each of those once per run folder (a marker file records
-it). A finished run writes `ROOT/CASE/result.pt`: final weights, optimizer and scheduler states,
+again). `--kill-before-save S` dies right before writing the first checkpoint file of a step >= S
+(its metrics row already logged); `--kill-mid-save S` right after writing a kept checkpoint file
+of a step >= S, before `last.ckpt` is written; `--kill-before-evict S` right before deleting a
+checkpoint that retention pushed out, at a step >= S; each of those once per run folder (a
+marker file records it). A finished run writes `ROOT/CASE/result.pt`: final weights, optimizer and scheduler states,
 counters and the global RNG states, which the test compares with an uninterrupted run's.
 
 Each case is a tiny model, a few optimizer steps, a checkpoint after every step plus `last`.
@@ -198,7 +199,7 @@ class CheckpointThenKill(ModelCheckpoint):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_inside_saves(marker: Path, mid_save_from: int | None, evict_from: int | None) -> None:
+def kill_inside_saves(marker: Path, before_save: int | None, mid_save: int | None, before_evict: int | None) -> None:
     """Make the checkpoint writes of this process SIGKILL it at a chosen point, once per `marker`.
 
     The seam is the module `ModelCheckpoint` calls for every file it writes or deletes.
@@ -213,13 +214,15 @@ def kill_inside_saves(marker: Path, mid_save_from: int | None, evict_from: int |
         os.kill(os.getpid(), signal.SIGKILL)
 
     def save_then_maybe_die(state: dict[str, Any], path: Any) -> None:
+        if before_save is not None and state["global_step"] >= before_save:
+            die()
         save(state, path)
         saved_step[0] = state["global_step"]
-        if mid_save_from is not None and Path(path).name != "last.ckpt" and saved_step[0] >= mid_save_from:
+        if mid_save is not None and Path(path).name != "last.ckpt" and saved_step[0] >= mid_save:
             die()
 
     def maybe_die_then_delete(path: Any) -> None:
-        if evict_from is not None and saved_step[0] >= evict_from:
+        if before_evict is not None and saved_step[0] >= before_evict:
             die()
         delete(path)
 
@@ -231,12 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("cases", nargs="+", choices=sorted(CASES), metavar="CASE")
     parser.add_argument("--kill-at-steps", default="", help="comma-separated optimizer steps")
+    parser.add_argument("--kill-before-save", type=int, metavar="STEP")
     parser.add_argument("--kill-mid-save", type=int, metavar="STEP")
     parser.add_argument("--kill-before-evict", type=int, metavar="STEP")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.kill_mid_save is not None or args.kill_before_evict is not None:
-        kill_inside_saves(args.root / "killed-inside-save", args.kill_mid_save, args.kill_before_evict)
+    points = {"before_save": args.kill_before_save, "mid_save": args.kill_mid_save,
+              "before_evict": args.kill_before_evict}
+    if any(step is not None for step in points.values()):
+        kill_inside_saves(args.root / "killed-inside-save", **points)
     for name in args.cases:
         train(name, args.root / name, {int(s) for s in args.kill_at_steps.split(",") if s})
 

@@ -9,7 +9,7 @@ def test_public_names_are_pinned():
         "__version__", "Callback", "CheckpointCorruptError", "CheckpointError", "CheckpointVersionError",
         "ConfigurationError", "Experiment", "ModelCheckpoint", "Module", "ProgressBar", "ResumableError",
         "RunLockedError", "StateMismatchError", "StopTraining", "StorageError", "Trainer",
-        "UnsupportedStateError", "load_checkpoint", "seed_everything",
+        "UnsupportedStateError", "load_checkpoint", "seed_everything", "verify_resume",
     ])
     assert sorted(resumable.callbacks.__all__) == ["Callback", "ModelCheckpoint", "ProgressBar", "StopTraining"]
     for name in resumable.__all__:

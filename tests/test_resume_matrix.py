@@ -4,8 +4,12 @@ Each case of `resume_cases.py` is killed at randomly chosen optimizer steps (rig
 step's checkpoint is written), restarted each time by rerunning its command, and compared bit
 for bit with an uninterrupted run: final weights, optimizer, scheduler and RNG states,
 `metrics.csv`, and the files `ModelCheckpoint` keeps (names, and each kept checkpoint's weights
-and optimizer state). One case is killed by the parent at random wall-clock moments instead,
-which can land anywhere: inside a checkpoint write, between two files, before the first save.
+and optimizer state). Four chains die at chosen points around a save instead (before the first
+checkpoint, before a save, between a kept file and `last.ckpt`, before evicting an old file), and
+one case is killed by the parent at random wall-clock moments, which can land anywhere.
+
+The uninterrupted runs of all cases share one process; the chains run side by side on a small
+thread pool, so the whole matrix takes about a minute on two cores.
 
 The random choices come from one seed, printed in every failure; rerun a failure with
 `RESUME_MATRIX_SEED=<seed> pytest tests/test_resume_matrix.py -k <case>`.
@@ -35,6 +39,13 @@ SEED = int(os.environ.get("RESUME_MATRIX_SEED") or random.randrange(2**32))
 SCRIPT = Path(__file__).with_name("resume_cases.py")
 KILLS_PER_CASE = 2
 WALL_CLOCK_CASE = "long_for_wall_clock"
+SAVE_KILL_CASE = "shuffle_dropout"  # top-3 retention by train_loss: kept files are written and evicted often
+SAVE_KILLS = {  # name: (flag, step; None draws one from the first half of the run)
+    "kill_before_the_first_save": ("--kill-before-save", 1),  # step 1's metrics row is written, no checkpoint
+    "kill_before_a_save": ("--kill-before-save", None),
+    "kill_between_kept_file_and_last": ("--kill-mid-save", None),
+    "kill_before_evicting": ("--kill-before-evict", None),
+}
 STEP_CASES = sorted(set(CASES) - {WALL_CLOCK_CASE})
 TIMEOUT = 180
 
@@ -69,15 +80,28 @@ def step_kill_chain(case: str, root: Path, reference: Future) -> Outcome:
     """Kill `case` at KILLS_PER_CASE random steps, rerunning the same command after each death."""
     rng = random.Random(f"{SEED}-{case}")
     kills = sorted(rng.sample(range(1, CASES[case].steps), KILLS_PER_CASE))
-    outcome = Outcome(case, kills, root=root)
     cmd = command(root, case, kill_at=kills)
-    for _ in range(len(kills) + 1):
-        outcome.codes.append(run_logged(cmd, root / "log.txt"))
-    expected = [-signal.SIGKILL] * len(kills) + [0]
+    return run_chain(Outcome(case, kills, root=root), [cmd] * (len(kills) + 1), reference)
+
+
+def save_kill_chain(name: str, root: Path, reference: Future) -> Outcome:
+    """Kill SAVE_KILL_CASE once around a save (see `resume_cases.kill_inside_saves`), then rerun."""
+    flag, step = SAVE_KILLS[name]
+    step = step or random.Random(f"{SEED}-{name}").randrange(1, CASES[SAVE_KILL_CASE].steps // 2)
+    cmd = command(root, SAVE_KILL_CASE) + [flag, str(step)]
+    return run_chain(Outcome(name, [f"{flag} {step}"], root=root), [cmd, cmd], reference, SAVE_KILL_CASE)
+
+
+def run_chain(outcome: Outcome, commands: list[list[str]], reference: Future, case: str | None = None) -> Outcome:
+    """Run `commands` in turn; all but the last must die by SIGKILL; then compare with the reference."""
+    case = case or outcome.case
+    for cmd in commands:
+        outcome.codes.append(run_logged(cmd, outcome.root / "log.txt"))
+    expected = [-signal.SIGKILL] * (len(commands) - 1) + [0]
     if outcome.codes != expected:
-        outcome.problems.append(f"exit codes {outcome.codes}, expected {expected}; log: {tail(root / 'log.txt')}")
+        outcome.problems.append(f"exit codes {outcome.codes}, expected {expected}; log: {tail(outcome.root / 'log.txt')}")
     else:
-        outcome.problems += compare_runs(reference.result() / case, root / case)
+        outcome.problems += compare_runs(reference.result() / case, outcome.root / case)
     return outcome
 
 
@@ -118,9 +142,13 @@ def tail(path: Path, chars: int = 1500) -> str:
 
 
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory) -> dict[str, Future]:
-    """Every case's kill chain, started at once on a small pool (the processes dominate the time)."""
+def matrix(request, tmp_path_factory) -> dict[str, Future]:
+    """The kill chains of the selected tests, all started at once on a small pool (the processes
+    dominate the time), and the uninterrupted runs of every case in one process."""
     base = tmp_path_factory.mktemp("matrix")
+    params = [getattr(getattr(item, "callspec", None), "params", {}) for item in request.session.items
+              if item.module is request.module]
+    selected = {p["job"] for p in params if "job" in p}
     pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
 
     def straight() -> Path:
@@ -128,23 +156,36 @@ def matrix(tmp_path_factory) -> dict[str, Future]:
         assert code == 0, f"the uninterrupted runs failed: {tail(base / 'straight.log')}"
         return base / "straight"
 
-    for folder in ("straight", *CASES):
+    for folder in ("straight", *selected):
         (base / folder).mkdir()
     reference = pool.submit(straight)
-    jobs = {case: pool.submit(step_kill_chain, case, base / case, reference) for case in STEP_CASES}
-    jobs[WALL_CLOCK_CASE] = pool.submit(wall_clock_chain, WALL_CLOCK_CASE, base / WALL_CLOCK_CASE, reference)
+    jobs = {}
+    for job in sorted(selected, key=lambda name: name != WALL_CLOCK_CASE):  # the longest chain first
+        if job == WALL_CLOCK_CASE:
+            jobs[job] = pool.submit(wall_clock_chain, job, base / job, reference)
+        elif job in SAVE_KILLS:
+            jobs[job] = pool.submit(save_kill_chain, job, base / job, reference)
+        else:
+            jobs[job] = pool.submit(step_kill_chain, job, base / job, reference)
     yield jobs
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.mark.parametrize("case", STEP_CASES)
-def test_killed_after_random_steps_ends_bit_identical(matrix, case):
-    outcome = matrix[case].result()
+@pytest.mark.parametrize("job", STEP_CASES)
+def test_killed_after_random_steps_ends_bit_identical(matrix, job):
+    outcome = matrix[job].result()
     assert not outcome.problems, outcome.report()
 
 
-def test_killed_at_random_moments_ends_bit_identical(matrix):
-    outcome = matrix[WALL_CLOCK_CASE].result()
+@pytest.mark.parametrize("job", sorted(SAVE_KILLS))
+def test_killed_inside_a_save_ends_bit_identical(matrix, job):
+    outcome = matrix[job].result()
+    assert not outcome.problems, outcome.report()
+
+
+@pytest.mark.parametrize("job", [WALL_CLOCK_CASE])
+def test_killed_at_random_moments_ends_bit_identical(matrix, job):
+    outcome = matrix[job].result()
     assert not outcome.problems, outcome.report()
 
 

@@ -22,6 +22,7 @@ from .experiment import Experiment
 from .module import Module
 from .rng import seed_everything
 from .trainer import Trainer
+from .verify import verify_resume
 
 __all__ = [
     "__version__",
@@ -43,4 +44,5 @@ __all__ = [
     "UnsupportedStateError",
     "load_checkpoint",
     "seed_everything",
+    "verify_resume",
 ]
