@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> float:
     accuracy = float(trainer.validate(model)["val_acc"])
     print(f"validation accuracy {accuracy:.4f} after {trainer.current_epoch} epochs, {trainer.global_step} steps")
     print(f"best checkpoint: {checkpoint_callback.best_model_path}")
-    print(f"run folder: {exp.path}  (carry it on with: resumable demo --version {exp.version})")
+    print(f"run folder: {exp.path}  (carry it on with: resumable demo --version {exp.version} "
+          f"--max-epochs {trainer.current_epoch + 5})")
     return accuracy
 
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .checkpoint.storage import LocalStorage
+from .checkpoint.storage import temporary_name
 from .errors import ConfigurationError
 
 __all__ = ["Experiment"]
@@ -48,6 +48,7 @@ class Experiment:
         self._rows = 0
         self._load_metrics_header()
         self._tensorboard: Any = None
+        self._metrics_file: Any = None
 
     # --- the folder --------------------------------------------------------------------------
     @property
@@ -119,8 +120,10 @@ class Experiment:
         if new:
             self._columns += new
             self._rewrite_metrics(self.read_metrics())
-        with open(self.metrics_path, "a", newline="") as f:
-            csv.DictWriter(f, self._columns).writerow({k: _fmt(v) for k, v in row.items()})
+        if self._metrics_file is None:  # kept open between rows: opening costs more than the row
+            self._metrics_file = open(self.metrics_path, "a", newline="")
+        csv.DictWriter(self._metrics_file, self._columns).writerow({k: _fmt(v) for k, v in row.items()})
+        self._metrics_file.flush()  # readable while training runs, and kept if the process is killed
         self._rows += 1
         self._log_tensorboard(row)
 
@@ -138,6 +141,7 @@ class Experiment:
         self._rows = len(kept)
 
     def _rewrite_metrics(self, rows: list[dict[str, str]]) -> None:
+        self._close_metrics_file()  # the file is replaced: appends must go to the new one
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self._columns, lineterminator="\r\n")
         writer.writeheader()
@@ -165,10 +169,16 @@ class Experiment:
                     self._tensorboard.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer, if any."""
+        """Close `metrics.csv` and the TensorBoard writer, if open (a later `log` reopens them)."""
+        self._close_metrics_file()
         if self._tensorboard:
             self._tensorboard.close()
         self._tensorboard = None
+
+    def _close_metrics_file(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
 
     def __repr__(self) -> str:
         return f"Experiment(save_dir={str(self.save_dir)!r}, name={self.name!r}, version={self.version})"
@@ -213,5 +223,12 @@ def _check_writable(folder: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    # through the storage layer: fsynced, renamed into place, and its leftovers cleaned at fit start
-    LocalStorage().write_atomic(path, lambda f: f.write(text.encode()))
+    # Renamed into place, so a killed process never leaves half a file; named as the storage
+    # layer's temporaries, so leftovers are cleaned at fit start. Not fsynced (unlike
+    # checkpoints): these small files are rewritten often, and a sync costs up to tens of ms here.
+    temporary = path.with_name(temporary_name(path.name))
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -47,6 +47,10 @@ class MetricStore:
     def log(self, name: str, value: Any, *, prog_bar: bool = False, on_step: bool | None = None,
             on_epoch: bool | None = None, batch_size: int | None = None) -> None:
         """Record one value; see `Module.log` for the meaning of the options."""
+        if (self.stage == "train" and type(value) is torch.Tensor and value.dim() == 0 and not prog_bar
+                and on_step is not False and not on_epoch and type(name) is str and name):
+            self.step_values[name] = value.detach()  # the common case, kept to a few operations
+            return
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"self.log needs a non-empty metric name, got {name!r}")
         tensor = _as_scalar(name, value)

@@ -125,6 +125,8 @@ class BoundaryRecorder:
     def __init__(self) -> None:
         self.state: dict[str, Any] | None = None
         self._marked = time.perf_counter()
+        self._loader: Any = None
+        self._in_process = False
 
     def record(self, trainer: Trainer) -> None:
         """Called at every step boundary; cheap unless batches are long (see the class docstring)."""
@@ -134,14 +136,20 @@ class BoundaryRecorder:
         if not trainer.config.emergency_checkpoint or loader is None:
             self.state = None
             return
-        in_process = _fetches_in_process(loader)
-        snapshot = in_process and batch_seconds >= SNAPSHOT_MIN_BATCH_SECONDS
-        self.state = {"data": loader.state_dict(), "in_process": in_process,
+        if loader is not self._loader:
+            self._loader, self._in_process = loader, _fetches_in_process(loader)
+        snapshot = self._in_process and batch_seconds >= SNAPSHOT_MIN_BATCH_SECONDS
+        self.state = {"data": _dataset_state(loader), "in_process": self._in_process,
                       "rng": capture_rng_state() if snapshot else None}
 
     def clear(self) -> None:
         """Leave the boundary: a step or an epoch end is running."""
         self.state = None
+
+
+def _dataset_state(loader: Any) -> Any:
+    """The part of the loader's state a fetch can move: an iterable dataset's own state."""
+    return loader.state_dict() if loader.kind == "iterable" else None
 
 
 def _fetches_in_process(loader: Any) -> bool:
@@ -173,7 +181,7 @@ def save_after_exception(trainer: Trainer, exception: BaseException) -> None:
     try:
         if isinstance(exception, StorageError):
             why = "a save failed, and an emergency save would go to the same storage"
-        elif boundary is not None and not _same(boundary["data"], trainer.train_loader.state_dict()):
+        elif boundary is not None and not _same(boundary["data"], _dataset_state(trainer.train_loader)):
             why = "while fetching a batch that had already moved the dataset's own state on"
         elif boundary is not None and boundary["in_process"] and boundary["rng"] is None:
             why = (f"while fetching a batch in this process (num_workers=0), whose random draws cannot be undone: "

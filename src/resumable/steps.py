@@ -33,25 +33,33 @@ class StepRunner:
         """Forward and backward on `batch` for every optimizer; step them when `window_end`."""
         trainer = self.trainer
         optimizers = trainer.optimizers
-        outputs = []
-        stepped = False
-        several = len(optimizers) > 1
-        for opt_idx, optimizer in enumerate(optimizers):
-            with _only_parameters_of(trainer.model, optimizer) if several else contextlib.nullcontext():
-                with trainer.precision.autocast():
-                    args = (batch, batch_idx, opt_idx) if several else (batch, batch_idx)
-                    out = trainer.model.training_step(*args)
-                loss = self._loss_of(out, batch_idx)
-                if loss is not None:
-                    accumulate = trainer.config.accumulate_grad_batches
-                    self._backward(loss / accumulate if accumulate > 1 else loss)
-            outputs.append(out)
-            if window_end:
-                stepped |= self._optimizer_step(optimizer)
-        if window_end and stepped:
+        if len(optimizers) == 1:
+            outputs = self._forward_backward((batch, batch_idx))
+            stepped = window_end and self._optimizer_step(optimizers[0])
+        else:
+            outputs, stepped = [], False
+            for opt_idx, optimizer in enumerate(optimizers):
+                with _only_parameters_of(trainer.model, optimizer):
+                    outputs.append(self._forward_backward((batch, batch_idx, opt_idx)))
+                if window_end:
+                    stepped |= self._optimizer_step(optimizer)
+        if stepped:
             self._after_step()
         trainer.metrics.callback_metrics.update(trainer.metrics.step_values)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return outputs
+
+    def _forward_backward(self, args: tuple[Any, ...]) -> Any:
+        trainer = self.trainer
+        if trainer.precision.name == "32":
+            out = trainer.model.training_step(*args)
+        else:
+            with trainer.precision.autocast():
+                out = trainer.model.training_step(*args)
+        loss = self._loss_of(out, args[1])
+        if loss is not None:
+            accumulate = trainer.config.accumulate_grad_batches
+            self._backward(loss / accumulate if accumulate > 1 else loss)
+        return out
 
     def finish_epoch(self) -> None:
         """Step optimizers on a partly filled accumulation window (an unsized loader ran out)."""

@@ -184,7 +184,8 @@ class Trainer:
         last = self.num_training_batches
         for batch_idx, batch in _first(loader.iter_epoch(self.current_epoch, start_batch=self.batch_in_epoch),
                                        last - self.batch_in_epoch):
-            batch = move_to_device(batch, self.device)
+            if self.device.type != "cpu":  # on the CPU, batches are where they belong
+                batch = move_to_device(batch, self.device)
             self._boundary.clear()
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = steps.run_batch(batch, batch_idx, window_end=_window_end(batch_idx, last, self.config))

@@ -54,6 +54,12 @@ class ResumableLoader:
         return getattr(self.dataloader, "dataset", None)
 
     @property
+    def kind(self) -> str:
+        """"map" (a map-style dataset), "iterable" (an IterableDataset) or "batches" (an iterable of
+        ready batches). Only an iterable dataset has state of its own that a fetch moves on."""
+        return self._source.kind
+
+    @property
     def num_batches(self) -> int | None:
         """Batches per epoch, or None when unknown (an IterableDataset, an unsized iterable).
 
