@@ -123,28 +123,32 @@ class BoundaryRecorder:
     never touches this process's generators and needs none."""
 
     def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
+        self.armed = False  # True between a step boundary and the next batch's start
+        self.data: Any = None  # an iterable dataset's own state at the boundary
+        self.rng: dict[str, Any] | None = None  # every RNG at the boundary, when snapshotted
+        self.in_process = False  # the next fetch runs user code in this process
         self._marked = time.perf_counter()
         self._loader: Any = None
-        self._in_process = False
+        self._iterable = False
 
     def record(self, trainer: Trainer) -> None:
-        """Called at every step boundary; cheap unless batches are long (see the class docstring)."""
+        """Called at every step boundary; about a microsecond unless it snapshots (see above)."""
         now = time.perf_counter()
         batch_seconds, self._marked = now - self._marked, now
         loader = trainer.train_loader
         if not trainer.config.emergency_checkpoint or loader is None:
-            self.state = None
+            self.armed = False
             return
         if loader is not self._loader:
-            self._loader, self._in_process = loader, _fetches_in_process(loader)
-        snapshot = self._in_process and batch_seconds >= SNAPSHOT_MIN_BATCH_SECONDS
-        self.state = {"data": _dataset_state(loader), "in_process": self._in_process,
-                      "rng": capture_rng_state() if snapshot else None}
+            self._loader, self.in_process = loader, _fetches_in_process(loader)
+            self._iterable = loader.kind == "iterable"
+        self.data = loader.state_dict() if self._iterable else None
+        self.rng = capture_rng_state() if self.in_process and batch_seconds >= SNAPSHOT_MIN_BATCH_SECONDS else None
+        self.armed = True
 
     def clear(self) -> None:
         """Leave the boundary: a step or an epoch end is running."""
-        self.state = None
+        self.armed = False
 
 
 def _dataset_state(loader: Any) -> Any:
@@ -165,7 +169,7 @@ def save_after_exception(trainer: Trainer, exception: BaseException) -> None:
 
     Saves (as `save_for_resume`) only for an `Exception` — not KeyboardInterrupt or SystemExit,
     nor a `StorageError` (the save that failed went to the same storage) — raised at a step
-    boundary (`trainer._boundary` is set: between a batch's `on_train_batch_end` and the next
+    boundary (`trainer._boundary` is armed: between a batch's `on_train_batch_end` and the next
     `on_train_batch_start`, i.e. while the next batch is fetched and moved), with the RNGs put
     back to the boundary's, and only if the data loader's state did not move. That checkpoint is
     exact, like any other. Anywhere else — inside a step, a hook, validation or the
@@ -176,19 +180,19 @@ def save_after_exception(trainer: Trainer, exception: BaseException) -> None:
     if not isinstance(exception, Exception) or not trainer.config.emergency_checkpoint or trainer.model is None:
         return
     where = f"{type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}"
-    boundary = trainer._boundary.state
+    boundary = trainer._boundary if trainer._boundary.armed else None
     saved, why = None, "inside a step or hook, where the state is not a resumable point"
     try:
         if isinstance(exception, StorageError):
             why = "a save failed, and an emergency save would go to the same storage"
-        elif boundary is not None and not _same(boundary["data"], _dataset_state(trainer.train_loader)):
+        elif boundary is not None and not _same(boundary.data, _dataset_state(trainer.train_loader)):
             why = "while fetching a batch that had already moved the dataset's own state on"
-        elif boundary is not None and boundary["in_process"] and boundary["rng"] is None:
+        elif boundary is not None and boundary.in_process and boundary.rng is None:
             why = (f"while fetching a batch in this process (num_workers=0), whose random draws cannot be undone: "
                    f"batches shorter than {SNAPSHOT_MIN_BATCH_SECONDS * 1e3:g} ms skip the RNG snapshot that allows it")
         elif boundary is not None:
-            if boundary["rng"] is not None:
-                restore_rng_state(boundary["rng"])  # undo what the failed fetch drew
+            if boundary.rng is not None:
+                restore_rng_state(boundary.rng)  # undo what the failed fetch drew
             saved = ", ".join(save_for_resume(trainer))
     except Exception as err:  # the original exception must surface, not this one
         why = f"the emergency checkpoint failed ({type(err).__name__}: {err})"

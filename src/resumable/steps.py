@@ -28,6 +28,7 @@ class StepRunner:
         self._last_loss: torch.Tensor | None = None
         self._warned_skip = False
         self.trained_batches = 0  # batches of this epoch that returned a loss
+        self._parameters: dict[int, list[torch.nn.Parameter]] = {}  # per optimizer, refreshed if groups grow
 
     def run_batch(self, batch: Any, batch_idx: int, window_end: bool) -> Any:
         """Forward and backward on `batch` for every optimizer; step them when `window_end`."""
@@ -112,8 +113,13 @@ class StepRunner:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
-        params = optimizer_parameters(optimizer)
-        if not any(p.grad is not None for p in params):
+        params = self._parameters.get(id(optimizer))
+        if params is None or len(params) != sum(len(g["params"]) for g in optimizer.param_groups):
+            params = self._parameters[id(optimizer)] = optimizer_parameters(optimizer)
+        for p in params:
+            if p.grad is not None:
+                break
+        else:
             return False  # every batch of the window was skipped
         config, scaler = self.trainer.config, self.trainer.precision.scaler
         if scaler is not None:

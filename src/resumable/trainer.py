@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import warnings
 from typing import Any, Iterable, Iterator
 
 import torch
