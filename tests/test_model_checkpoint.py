@@ -273,3 +273,25 @@ def test_the_checkpoint_a_run_resumed_from_is_never_deleted(tmp_path):
     assert resumed_from.exists()
     assert cb.best_model_path == str(tmp_path / "ck" / "epoch=3.ckpt")
     assert names(tmp_path / "ck") == ["epoch=1.ckpt", "epoch=3.ckpt"]
+
+
+def test_resuming_another_runs_checkpoint_never_touches_that_runs_files(tmp_path):
+    def run(root, max_epochs, scores, ckpt_path=None):
+        cb = ModelCheckpoint(dirpath=tmp_path / "shared", filename="{epoch}", monitor="val_loss", save_top_k=1,
+                             save_last=True)
+        trainer = rs.Trainer(max_epochs=max_epochs, enable_progress_bar=False, callbacks=[cb],
+                             experiment=rs.Experiment(root))
+        trainer.fit(Scripted(scores), ckpt_path=ckpt_path)
+        return trainer, cb
+
+    first, cb_a = run(tmp_path / "a", 2, [5, 3])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()}
+    assert sorted(before) == ["epoch=1.ckpt", "last.ckpt"]
+    second, cb_b = run(tmp_path / "b", 4, [2, 1, 9], ckpt_path=cb_a.last_model_path)  # a new run, from a's state
+    assert second.global_step == 32
+    after = {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()}
+    for name, content in before.items():  # run a's best and last: neither deleted nor overwritten
+        assert after[name] == content, name
+    assert cb_b.best_model_path == str(tmp_path / "shared" / "epoch=3.ckpt")
+    assert cb_b.last_model_path == str(tmp_path / "shared" / "last-v1.ckpt")
+    assert sorted(after) == ["epoch=1.ckpt", "epoch=3.ckpt", "last-v1.ckpt", "last.ckpt"]

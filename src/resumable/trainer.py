@@ -81,6 +81,7 @@ class Trainer:
         self.val_loader: ResumableLoader | None = None
         self.resumed_from: str | None = None
         self._resume_chosen = False  # resumed from a file the user named, not the run's newest (see ModelCheckpoint)
+        self.resumed_from_run: str | None = None  # the run folder that wrote the checkpoint resumed from
         self._steps: StepRunner | None = None
         self._signals = preemption.SignalCatcher(self.config.preemption_signals)
         self._boundary = preemption.BoundaryRecorder()  # the last step boundary, for an emergency checkpoint
@@ -152,6 +153,7 @@ class Trainer:
             session.restore(self, checkpoint)
             self.resumed_from = where
             self._resume_chosen = ckpt_path not in (None, "last")
+            self.resumed_from_run = (checkpoint.get("summary") or {}).get("run_dir")
         else:
             if self.global_step == 0 and self.experiment.metric_rows:
                 self.experiment.truncate_metrics(0)  # logged by an attempt killed before its first checkpoint

@@ -100,6 +100,7 @@ class ModelCheckpoint(Callback):
         self._clock_offset = 0.0
         self._clock_start = time.monotonic()
         self._evicting: list[str] = []
+        self._foreign: set[str] = set()  # kept files another run wrote (resumed from its checkpoint)
 
     @property
     def state_key(self) -> str:
@@ -115,6 +116,12 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             self.dirpath = trainer.experiment.checkpoint_dir
         self._clock_start = time.monotonic()
+        run = os.path.abspath(trainer.experiment.path)
+        if trainer.resumed_from_run is not None and trainer.resumed_from_run != run:
+            # Resumed from another run's checkpoint: its files still rank, but they are not this
+            # run's to delete or overwrite, and this run's `last` goes in this run's folder.
+            self._foreign |= set(self.kept) | set(self._evicting) | ({self.last_model_path} - {""})
+            self.last_model_path, self._evicting = "", []
         for path in self._evicting:  # retention had dropped them when the checkpoint resumed from was saved
             ckpt_api.delete_checkpoint(path)
         self._evicting = []
@@ -169,11 +176,13 @@ class ModelCheckpoint(Callback):
         self._last_position = position
         self._saves += 1
         self._clock_offset, self._clock_start = 0.0, time.monotonic()
-        self._evicting = list(evict)  # saved with the state: a resume finishes deletions a crash cut short
+        # saved with the state: a resume finishes deletions a crash cut short
+        self._evicting = [p for p in evict if p not in self._foreign]
         if not self._write(trainer, target if keep else None, last, previous):
             return
         for path in evict:
-            ckpt_api.delete_checkpoint(path)
+            if path not in self._foreign:
+                ckpt_api.delete_checkpoint(path)
         self._evicting = []
         self._say(trainer, self._saved_message(score, decision, target if keep else None, last, previous))
 
@@ -262,7 +271,7 @@ class ModelCheckpoint(Callback):
 
     def _unclaimed(self, path: Path) -> Path:
         """`path`, or `path-vN` when a file of that name exists that this callback did not write."""
-        ours = set(self.kept) | {self.last_model_path}
+        ours = (set(self.kept) | {self.last_model_path}) - self._foreign
         candidate, n = path, 0
         while candidate.exists() and str(candidate) not in ours:
             n += 1
@@ -326,6 +335,7 @@ class ModelCheckpoint(Callback):
             "saves": self._saves,
             "seconds_since_save": self._seconds_since_save(),
             "evicting": list(self._evicting),
+            "foreign": sorted(self._foreign),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -344,6 +354,7 @@ class ModelCheckpoint(Callback):
         self._saves = int(state["saves"])
         self._clock_offset, self._clock_start = float(state["seconds_since_save"]), time.monotonic()
         self._evicting = [str(p) for p in state.get("evicting", [])]  # absent from checkpoints of 0.1.0
+        self._foreign = {str(p) for p in state.get("foreign", [])}
 
 
 def _delete_quietly(path: Path) -> None:
