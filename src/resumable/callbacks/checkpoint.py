@@ -46,9 +46,11 @@ class ModelCheckpoint(Callback):
       symlink), present from the first save on.
     * When: `every_n_train_steps`, `every_n_epochs` (default 1 when no other trigger is given),
       `train_time_interval` (a `timedelta`), and at the end of `fit` if the state moved on.
-    * Files are deleted only after the new checkpoint is durable, only if this callback wrote
-      them, and never a checkpoint the run was resumed from by name (`fit(ckpt_path=file or
-      "best")`). A deletion a crash interrupted is finished when the run resumes.
+    * Files are deleted only after the new checkpoint is durable, only if this run wrote them,
+      and never a checkpoint the run was resumed from by name (`fit(ckpt_path=file or "best")`).
+      A deletion a crash interrupted is finished when the run resumes. Resumed from another
+      run's checkpoint, the files that run kept still rank, but are never deleted or
+      overwritten. A file of the same name that this run did not write gets a `-vN` suffix.
     """
 
     def __init__(self, filepath: str | os.PathLike[str] | None = None, monitor: str | None = None,
