@@ -28,7 +28,7 @@ class StepRunner:
         self._last_loss: torch.Tensor | None = None
         self._warned_skip = False
         self.trained_batches = 0  # batches of this epoch that returned a loss
-        self._parameters: dict[int, list[torch.nn.Parameter]] = {}  # per optimizer, refreshed if groups grow
+        self._parameters: dict[int, tuple[int, list[torch.nn.Parameter]]] = {}  # per optimizer: groups, params
 
     def run_batch(self, batch: Any, batch_idx: int, window_end: bool) -> Any:
         """Forward and backward on `batch` for every optimizer; step them when `window_end`."""
@@ -104,7 +104,7 @@ class StepRunner:
                 "the loss returned by training_step does not require grad, so backward() cannot train anything: "
                 "was it computed under torch.no_grad(), detached, or from frozen parameters only?"
             )
-        self._last_loss = loss.detach()
+        self._last_loss = loss  # detached only when read: backward has freed what the graph saved
         self.trained_batches += 1
         return loss if loss.dim() == 0 else loss.reshape(())
 
@@ -113,9 +113,10 @@ class StepRunner:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
-        params = self._parameters.get(id(optimizer))
-        if params is None or len(params) != sum(len(g["params"]) for g in optimizer.param_groups):
-            params = self._parameters[id(optimizer)] = optimizer_parameters(optimizer)
+        groups, params = self._parameters.get(id(optimizer), (0, None))
+        if params is None or groups != len(optimizer.param_groups):  # add_param_group adds a group
+            params = optimizer_parameters(optimizer)
+            self._parameters[id(optimizer)] = (len(optimizer.param_groups), params)
         for p in params:
             if p.grad is not None:
                 break
@@ -155,7 +156,7 @@ class StepRunner:
 
     def last_loss_value(self) -> float | None:
         """The last loss as a float (a device sync)."""
-        return None if self._last_loss is None else float(self._last_loss)
+        return None if self._last_loss is None else float(self._last_loss.detach())
 
     def state_dict(self) -> dict[str, Any]:
         """Gradients of an open accumulation window, by parameter name, and the epoch's trained count."""
