@@ -295,3 +295,25 @@ def test_resuming_another_runs_checkpoint_never_touches_that_runs_files(tmp_path
     assert cb_b.best_model_path == str(tmp_path / "shared" / "epoch=3.ckpt")
     assert cb_b.last_model_path == str(tmp_path / "shared" / "last-v1.ckpt")
     assert sorted(after) == ["epoch=1.ckpt", "epoch=3.ckpt", "last-v1.ckpt", "last.ckpt"]
+
+
+@pytest.mark.parametrize("make_folder", [True, False])
+def test_seed_filepath_naming_a_folder_puts_files_inside_it(tmp_path, make_folder):
+    folder = tmp_path / "weights"  # no file suffix: a folder, whether it exists yet or not
+    if make_folder:
+        folder.mkdir()
+    cb = ModelCheckpoint(filepath=folder, monitor="val_loss", mode="min", save_top_k=2, verbose=False)
+    fit([cb])
+    assert names(folder) == ["epoch=3-step=32.ckpt", "epoch=4-step=40.ckpt"]
+    assert cb.best_model_path == str(folder / "epoch=3-step=32.ckpt")
+
+
+def test_save_best_only_needs_a_monitor_and_filepath_excludes_dirpath(tmp_path):
+    with pytest.raises(rs.ConfigurationError, match="save_best_only=True needs monitor="):
+        ModelCheckpoint(filepath=tmp_path / "w.ckpt", save_best_only=True)
+    with pytest.raises(rs.ConfigurationError, match="either filepath= .* or dirpath="):
+        ModelCheckpoint(filepath=tmp_path / "w.ckpt", dirpath=tmp_path)
+    with pytest.raises(rs.ConfigurationError, match="save_top_k must be an int >= -1"):
+        ModelCheckpoint(save_top_k=-2)
+    with pytest.raises(rs.ConfigurationError, match="mode must be 'min' or 'max'"):
+        ModelCheckpoint(monitor="val_loss", mode="best")

@@ -78,6 +78,10 @@ class StepRunner:
         self.trained_batches = 0
 
     def _loss_of(self, out: Any, batch_idx: int) -> torch.Tensor | None:
+        if type(out) is torch.Tensor and out.requires_grad and out.dim() == 0:  # the usual case, fully checked
+            self._last_loss = out
+            self.trained_batches += 1
+            return out
         loss = out
         if not isinstance(out, torch.Tensor) and isinstance(out, Mapping):
             if "loss" not in out:
