@@ -194,6 +194,7 @@ class Trainer:
             if self._validation_due(batch_idx):
                 self._run_validation()
             self._call("on_train_batch_end", outputs, batch, batch_idx)
+            outputs = None  # not kept alive through the next forward (think of an LLM's logits)
             self._boundary.record(self)
             if self._signals.requested is not None:
                 preemption.stop(self, self._signals.requested)
