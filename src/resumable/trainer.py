@@ -221,7 +221,10 @@ class Trainer:
         if val_data is None:
             raise ConfigurationError("validate() needs validation data: pass dataloaders= or define val_dataloader()")
         self.val_loader = ResumableLoader(val_data, seed=self.seed or 0)
-        return self._run_validation()
+        try:
+            return self._run_validation()
+        finally:
+            self.experiment.close()
 
     def _run_validation(self) -> dict[str, float]:
         model, loader = self.model, self.val_loader
