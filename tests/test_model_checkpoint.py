@@ -317,3 +317,17 @@ def test_save_best_only_needs_a_monitor_and_filepath_excludes_dirpath(tmp_path):
         ModelCheckpoint(save_top_k=-2)
     with pytest.raises(rs.ConfigurationError, match="mode must be 'min' or 'max'"):
         ModelCheckpoint(monitor="val_loss", mode="best")
+
+
+def test_a_best_and_last_saved_together_are_written_once(tmp_path, monkeypatch):
+    writes = []
+    real_save = rs.callbacks.checkpoint.ckpt_api.save_checkpoint
+    monkeypatch.setattr(rs.callbacks.checkpoint.ckpt_api, "save_checkpoint",
+                        lambda state, path: (writes.append(Path(path).name), real_save(state, path)))
+    cb = ModelCheckpoint(dirpath=tmp_path / "ck", filename="{epoch}", monitor="val_loss", save_top_k=1,
+                         save_last=True)
+    fit([cb], scores=[5, 3, 4], max_epochs=3)
+    # epochs 0 and 1 improve (best written, last copied from it); epoch 2 does not (last written)
+    assert writes == ["epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"]
+    assert (tmp_path / "ck" / "last.ckpt").read_bytes() != (tmp_path / "ck" / "epoch=1.ckpt").read_bytes()
+    assert header_step(tmp_path / "ck" / "last.ckpt") == 24 and header_step(cb.best_model_path) == 16

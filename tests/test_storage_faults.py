@@ -23,7 +23,7 @@ import torch
 
 import resumable as rs
 from models import TinyModel
-from resumable.checkpoint import api
+from resumable.checkpoint import api, storage
 from resumable.checkpoint.storage import is_temporary
 
 
@@ -42,6 +42,15 @@ class Disk:
             real(_FailingFile(file, self.error, self.room) if faulty else file, state)
 
         monkeypatch.setattr(api, "write_checkpoint", write_checkpoint)
+        real_copy = api.copy_checkpoint
+
+        def copy_checkpoint(source, path):  # `last` saved with a top-k file is a link to it: fail that too
+            if self.error is not None and self.only in os.path.basename(os.fspath(path)):
+                err = OSError(self.error, os.strerror(self.error), os.fspath(path))
+                raise storage._storage_error(err, path, "writing") from err
+            real_copy(source, path)
+
+        monkeypatch.setattr(api, "copy_checkpoint", copy_checkpoint)
 
 
 class _FailingFile:

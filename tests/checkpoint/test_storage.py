@@ -276,3 +276,39 @@ def test_a_real_full_disk_fails_cleanly_and_keeps_the_first_checkpoint(tiny_disk
     assert caught.value.errno == errno.ENOSPC and "step-2.ckpt" in str(caught.value)
     assert sorted(os.listdir(tiny_disk)) == ["step-1.ckpt"]
     verify_checkpoint(tiny_disk / "step-1.ckpt")
+
+
+# --- copy_atomic: `last` written as a copy of a checkpoint saved in the same step ---------------
+def test_a_copy_is_committed_replaces_the_old_file_and_outlives_its_source(backend):
+    backend.storage.write_atomic(backend.path("best.ckpt"), lambda f: f.write(b"state"))
+    backend.storage.write_atomic(backend.path("last.ckpt"), lambda f: f.write(b"older state"))
+    backend.storage.copy_atomic(backend.path("best.ckpt"), backend.path("last.ckpt"))
+    assert read(backend, "last.ckpt") == b"state"
+    assert backend.raw_names() == ["best.ckpt", "last.ckpt"]  # no temporary left
+    backend.storage.delete(backend.path("best.ckpt"))  # retention evicts the source later
+    assert read(backend, "last.ckpt") == b"state"
+
+
+def test_copying_a_missing_source_is_a_storage_error_and_keeps_the_target(backend):
+    backend.storage.write_atomic(backend.path("last.ckpt"), lambda f: f.write(b"kept"))
+    with pytest.raises(StorageError):
+        backend.storage.copy_atomic(backend.path("gone.ckpt"), backend.path("last.ckpt"))
+    assert read(backend, "last.ckpt") == b"kept"
+    assert backend.raw_names() == ["last.ckpt"]
+
+
+def test_a_local_copy_is_a_hard_link_and_falls_back_to_copying(tmp_path, monkeypatch):
+    storage = LocalStorage()
+    source, target = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    storage.write_atomic(source, lambda f: f.write(b"x" * 10_000))
+    storage.copy_atomic(source, target)
+    assert os.stat(target).st_ino == os.stat(source).st_ino and not target.is_symlink()
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links
+    storage.write_atomic(source, lambda f: f.write(b"y" * 10_000))  # a new inode under the old name
+    storage.copy_atomic(source, target)
+    assert target.read_bytes() == b"y" * 10_000 and os.stat(target).st_ino != os.stat(source).st_ino
+    assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt"]

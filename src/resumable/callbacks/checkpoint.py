@@ -196,7 +196,9 @@ class ModelCheckpoint(Callback):
             state = session.capture(trainer, weights_only=self.save_weights_only)
             if target is not None:
                 ckpt_api.save_checkpoint(state, target)
-            if last is not None:
+            if last is not None and target is not None:
+                ckpt_api.copy_checkpoint(target, last)  # the same state: written once
+            elif last is not None:
                 ckpt_api.save_checkpoint(state, last)
         except BaseException as err:
             self.load_state_dict(previous)

@@ -16,8 +16,8 @@ from .storage import LocalStorage
 if TYPE_CHECKING:
     from ..trainer import Trainer
 
-__all__ = ["save_checkpoint", "load_checkpoint", "delete_checkpoint", "find_resume_checkpoint", "list_checkpoints",
-           "run_folders", "clean_temporaries", "newest_first"]
+__all__ = ["save_checkpoint", "copy_checkpoint", "load_checkpoint", "delete_checkpoint", "find_resume_checkpoint",
+           "list_checkpoints", "run_folders", "clean_temporaries", "newest_first"]
 
 _storage = LocalStorage()
 
@@ -27,6 +27,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     path = os.fspath(path)
     _storage.makedirs(os.path.dirname(path) or ".")
     _storage.write_atomic(path, lambda f: write_checkpoint(f, state))
+
+
+def copy_checkpoint(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Make `path` a committed copy of the committed checkpoint `source`, atomically (locally a
+    hard link: a `last` saved with a top-k file costs no second write)."""
+    _storage.copy_atomic(os.fspath(source), os.fspath(path))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

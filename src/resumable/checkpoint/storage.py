@@ -49,6 +49,11 @@ class Storage(Protocol):
         Exceptions of `write` propagate; backend errors become `StorageError`.
         """
 
+    def copy_atomic(self, source: PathLike, path: PathLike) -> None:
+        """Create or replace `path` with the content of the committed file `source`, with the
+        guarantees of `write_atomic`. A backend may share the bytes (a hard link) instead of
+        copying them: files are never modified in place, so the two stay independent."""
+
     def read_buffer(self, path: PathLike) -> Buffer:
         """The bytes of `path`, lazily mapped where the backend allows; `StorageError` if absent."""
 
@@ -128,6 +133,30 @@ class LocalStorage:
                 os.remove(temporary)
             if isinstance(err, OSError) and not isinstance(err, StorageError):
                 raise _storage_error(err, path, "writing", written, _free_bytes(folder)) from err
+            raise
+        _fsync_folder(folder)
+
+    def copy_atomic(self, source: PathLike, path: PathLike) -> None:
+        """See `Storage.copy_atomic`: a hard link renamed into place (no bytes written), or, where
+        the file system has no hard links, a copy through `write_atomic`."""
+        path = os.fspath(path)
+        folder = os.path.dirname(path) or "."
+        temporary = os.path.join(folder, temporary_name(os.path.basename(path)))
+        try:
+            os.link(source, temporary)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise _storage_error(err, source, "linking") from err
+            with open(source, "rb") as file:
+                self.write_atomic(path, lambda out: _copy(file, out))
+            return
+        try:
+            os.replace(temporary, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            if isinstance(err, OSError):
+                raise _storage_error(err, path, "writing") from err
             raise
         _fsync_folder(folder)
 
@@ -215,6 +244,11 @@ class MemoryStorage:
             raise _storage_error(err, path, "writing", file.size, file.room) from err
         self.files[path] = file.getvalue()
 
+    def copy_atomic(self, source: PathLike, path: PathLike) -> None:
+        """See `Storage.copy_atomic`: a copy of the stored bytes, subject to `capacity`."""
+        content = self.read_buffer(source)
+        self.write_atomic(path, lambda out: out.write(content))
+
     def read_buffer(self, path: PathLike) -> Buffer:
         """See `Storage.read_buffer`: the stored bytes (read-only)."""
         if _norm(path) not in self.files:
@@ -252,6 +286,11 @@ class MemoryStorage:
         folder = _norm(folder)
         return [posixpath.basename(path) for path in self.files
                 if (posixpath.dirname(path) or ".") == folder]
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> None:
+    while chunk := source.read(1 << 22):
+        target.write(chunk)
 
 
 class _BoundedFile(BytesIO):
