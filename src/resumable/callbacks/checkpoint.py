@@ -161,7 +161,7 @@ class ModelCheckpoint(Callback):
         previous = self.state_dict()
         # The newest checkpoint, found by a restart after a crash, is just the latest save: retention
         # deletes it when an uninterrupted run would. A file the user named is theirs to keep.
-        chosen = trainer.resumed_from if getattr(trainer, "_resume_chosen", False) else None
+        chosen = trainer.resumed_from if trainer._resume_chosen else None
         resumed_from = os.path.abspath(chosen) if chosen else None
         evict = [p for p in (decision.evict if keep else ()) if os.path.abspath(p) != resumed_from]
         if keep:
@@ -182,9 +182,8 @@ class ModelCheckpoint(Callback):
         self._evicting = [p for p in evict if p not in self._foreign]
         if not self._write(trainer, target if keep else None, last, previous):
             return
-        for path in evict:
-            if path not in self._foreign:
-                ckpt_api.delete_checkpoint(path)
+        for path in self._evicting:
+            ckpt_api.delete_checkpoint(path)
         self._evicting = []
         self._say(trainer, self._saved_message(score, decision, target if keep else None, last, previous))
 
