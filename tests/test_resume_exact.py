@@ -10,7 +10,7 @@ import torch
 
 import resumable as rs
 from resumable.callbacks import ModelCheckpoint
-from models import TinyModel
+from models import TinyModel, classification_data
 
 
 def fit(root, version=None, max_steps=-1, max_epochs=3, ckpt_path=None, every_batch=False, model_kwargs=None,
@@ -76,3 +76,36 @@ def test_resuming_a_finished_run_adds_nothing(tmp_path):
     assert again.global_step == trainer.global_step
     assert sorted(p.name for p in again.experiment.checkpoint_dir.iterdir()) == files
     assert again.experiment.read_metrics() == rows
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """A deterministic stream with no state_dict: resumable only by skipping ahead."""
+
+    def __iter__(self):
+        data = classification_data(64)
+        return iter(data[i] for i in range(len(data)))
+
+
+class StreamModel(TinyModel):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(Stream(), batch_size=8)
+
+
+def test_a_stateless_iterable_dataset_resumes_by_skipping_with_a_warning(tmp_path):
+    def run(root, ckpt_path=None, every_batch=False):
+        rs.seed_everything(3)
+        model = StreamModel(dropout=0.3)
+        callbacks = [ModelCheckpoint(dirpath=root / "every", every_n_train_steps=1, save_top_k=-1)] if every_batch \
+            else []
+        trainer = rs.Trainer(max_epochs=2, seed=3, enable_progress_bar=False, callbacks=callbacks,
+                             experiment=rs.Experiment(root))
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return trainer, model
+
+    _, straight = run(tmp_path / "a")
+    run(tmp_path / "b", every_batch=True)
+    with pytest.warns(RuntimeWarning, match="reads and discards the 3 batches before it"):
+        trainer, resumed = run(tmp_path / "c", ckpt_path=tmp_path / "b" / "every" / "epoch=1-step=11.ckpt")
+    assert trainer.global_step == 16
+    for (name, x), (_, y) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(x, y), name
