@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-__all__ = ["TrainerConfig", "DEFAULT_MAX_EPOCHS", "DEFAULT_PREEMPTION_SIGNALS"]
+__all__ = ["TrainerConfig", "limited_batches", "DEFAULT_MAX_EPOCHS", "DEFAULT_PREEMPTION_SIGNALS"]
 
 DEFAULT_MAX_EPOCHS = 1000  # as Lightning: used when neither max_epochs nor max_steps is given
 
@@ -125,3 +125,15 @@ def _check_limit(name: str, value: object) -> None:
         raise ConfigurationError(
             f"{name} must be an int >= 0 (a number of batches) or a float in [0, 1] (a fraction), got {value!r}"
         )
+
+
+def limited_batches(available: int | None, limit: int | float) -> int | float:
+    """Batches per epoch after a `limit_*_batches` (an int count or a float fraction); `inf` when
+    the loader has no length and no int limit applies."""
+    if isinstance(limit, float):
+        if available is None:
+            if limit == 1.0:
+                return float("inf")
+            raise ConfigurationError("a fractional limit_*_batches needs a loader with a length; give an int")
+        return int(available * limit)
+    return limit if available is None else min(available, limit)

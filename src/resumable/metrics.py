@@ -15,7 +15,7 @@ import torch
 
 from .errors import ConfigurationError
 
-__all__ = ["MetricStore"]
+__all__ = ["MetricStore", "infer_batch_size"]
 
 
 @dataclass
@@ -132,3 +132,20 @@ def _as_scalar(name: str, value: Any) -> torch.Tensor:
                 f"self.log({name!r}, ...) needs a number or a scalar tensor; got {type(value).__name__}"
             ) from None
     return torch.tensor(float(value), dtype=torch.float64)
+
+
+def infer_batch_size(batch: Any) -> int | None:
+    """The leading dimension of the first tensor in `batch` (lists, tuples, dicts), or None."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            size = infer_batch_size(item)
+            if size is not None:
+                return size
+    if isinstance(batch, dict):
+        for item in batch.values():
+            size = infer_batch_size(item)
+            if size is not None:
+                return size
+    return None

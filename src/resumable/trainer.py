@@ -19,12 +19,12 @@ from .callbacks.checkpoint import ModelCheckpoint
 from .callbacks.progress import ProgressBar
 from .checkpoint import api as ckpt_api
 from .checkpoint import session
-from .config import TrainerConfig
+from .config import TrainerConfig, limited_batches
 from .data import ResumableLoader
 from .errors import ConfigurationError
 from .experiment import Experiment
 from .lock import RunLock
-from .metrics import MetricStore
+from .metrics import MetricStore, infer_batch_size
 from .module import Module
 from .optim import SchedulerConfig, parse_optimizers
 from .precision import Precision, resolve_device
@@ -119,11 +119,28 @@ class Trainer:
     def num_training_batches(self) -> int | float:
         """Training batches per epoch after `limit_train_batches` (`inf` for an unsized iterable)."""
         assert self.train_loader is not None
-        return _limited(self.train_loader.num_batches, self.config.limit_train_batches)
+        return limited_batches(self.train_loader.num_batches, self.config.limit_train_batches)
 
     def last_loss_value(self) -> float | None:
         """The last training loss as a float (synchronises the device: call rarely)."""
         return self._steps.last_loss_value() if self._steps else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own position and counters: a checkpoint's `"trainer"` entry (the rest comes
+        from the model, optimizers, callbacks, loader, metrics and RNGs: see `checkpoint.session`)."""
+        return {"seed": self.seed, "global_step": self.global_step, "current_epoch": self.current_epoch,
+                "batch_in_epoch": self.batch_in_epoch, "epoch_finished": self.epoch_finished,
+                "validation_runs": self.validation_runs, "metric_rows": self.experiment.metric_rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`: a finished epoch resumes at the start of the next one, and rows
+        logged to `metrics.csv` after the save (by a run that then died) are dropped."""
+        self.seed = int(state["seed"])
+        self.global_step = int(state["global_step"])
+        self.current_epoch = int(state["current_epoch"]) + (1 if state["epoch_finished"] else 0)
+        self.batch_in_epoch = 0 if state["epoch_finished"] else int(state["batch_in_epoch"])
+        self.validation_runs = int(state["validation_runs"])
+        self.experiment.truncate_metrics(int(state["metric_rows"]))
 
     # --- fit ---------------------------------------------------------------------------------
     def fit(self, model: Module, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -235,11 +252,11 @@ class Trainer:
         was_training = model.training
         model.eval()
         self.metrics.stage = "val"
-        limit = _limited(loader.num_batches, self.config.limit_val_batches)
+        limit = limited_batches(loader.num_batches, self.config.limit_val_batches)
         with torch.no_grad():
             for batch_idx, batch in _first(loader.iter_epoch(0), limit):
                 batch = move_to_device(batch, self.device)
-                self.metrics.batch_size = _batch_size(batch)
+                self.metrics.batch_size = infer_batch_size(batch)
                 with self.precision.autocast():
                     model.validation_step(batch, batch_idx)
         self.metrics.batch_size = None
@@ -353,16 +370,6 @@ def _arrange_callbacks(callbacks: list[Callback], checkpoint_callback: ModelChec
     return others + checkpoints  # checkpoints last: they save the state the other callbacks just updated
 
 
-def _limited(available: int | None, limit: int | float) -> int | float:
-    if isinstance(limit, float):
-        if available is None:
-            if limit == 1.0:
-                return float("inf")
-            raise ConfigurationError("a fractional limit_*_batches needs a loader with a length; give an int")
-        return int(available * limit)
-    return limit if available is None else min(available, limit)
-
-
 def _first(batches: Iterator[tuple[int, Any]], count: int | float) -> Iterator[tuple[int, Any]]:
     """The first `count` items, without fetching one more (a fetch can load data or move a stream on)."""
     return batches if count == float("inf") else itertools.islice(batches, max(0, int(count)))
@@ -370,19 +377,3 @@ def _first(batches: Iterator[tuple[int, Any]], count: int | float) -> Iterator[t
 
 def _window_end(batch_idx: int, last: int | float, config: TrainerConfig) -> bool:
     return (batch_idx + 1) % config.accumulate_grad_batches == 0 or batch_idx + 1 == last
-
-
-def _batch_size(batch: Any) -> int | None:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else None
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            size = _batch_size(item)
-            if size is not None:
-                return size
-    if isinstance(batch, dict):
-        for item in batch.values():
-            size = _batch_size(item)
-            if size is not None:
-                return size
-    return None

@@ -57,15 +57,7 @@ def capture(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
             "optimizer_states": [opt.state_dict() for opt in trainer.optimizers],
             "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
             "callbacks": {cb.state_key: state for cb in trainer.callbacks if (state := cb.state_dict())},
-            "trainer": {
-                "seed": trainer.seed,
-                "global_step": trainer.global_step,
-                "current_epoch": trainer.current_epoch,
-                "batch_in_epoch": trainer.batch_in_epoch,
-                "epoch_finished": trainer.epoch_finished,
-                "validation_runs": trainer.validation_runs,
-                "metric_rows": trainer.experiment.metric_rows,
-            },
+            "trainer": trainer.state_dict(),
             "metrics": trainer.metrics.state_dict(),
             "steps": trainer._steps.state_dict() if trainer._steps else {"grads": {}, "trained_batches": 0},
             "data": trainer.train_loader.state_dict() if trainer.train_loader else None,
@@ -85,15 +77,7 @@ def restore(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     _load_each("optimizer", trainer.optimizers, checkpoint["optimizer_states"], _check_optimizer_fits)
     _load_each("LR scheduler", [c.scheduler for c in trainer.lr_scheduler_configs], checkpoint["lr_schedulers"])
     _restore_callbacks(trainer, checkpoint["callbacks"])
-    state = checkpoint["trainer"]
-    trainer.global_step = int(state["global_step"])
-    trainer.current_epoch = int(state["current_epoch"])
-    trainer.batch_in_epoch = int(state["batch_in_epoch"])
-    trainer.validation_runs = int(state["validation_runs"])
-    if state["epoch_finished"]:
-        trainer.current_epoch += 1
-        trainer.batch_in_epoch = 0
-    trainer.experiment.truncate_metrics(int(state["metric_rows"]))
+    trainer.load_state_dict(checkpoint["trainer"])
     trainer.metrics.load_state_dict(checkpoint["metrics"], device=trainer.device)
     trainer._steps.load_state_dict(checkpoint["steps"])
     if checkpoint["data"] is not None and trainer.train_loader is not None:
